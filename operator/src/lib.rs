@@ -1,0 +1,1 @@
+//! The edgewasm operator: reconciles WasmWorkloads against Devices into pinned Pods

@@ -1,0 +1,1 @@
+//! Standalone mode: discovery, placement and the runtime on one machine without Kubernetes
