@@ -1,0 +1,136 @@
+#!/usr/bin/env bash
+# Chart tests (called by `make test-chart`): CRDs identical to crds/, helm lint, helm template with
+# several value sets validated offline against the Kubernetes schemas and checked for the chart's
+# RBAC/mount/securityContext promises, values typos rejected, deploy/ up to date, image layouts.
+#
+#   bash charts/tests/run.sh            run every check
+#   bash charts/tests/run.sh --update   copy crds/ into the chart and re-render deploy/, then check
+set -euo pipefail
+
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+repo="$(cd "$here/../.." && pwd)"
+chart="$repo/charts/edgewasm"
+namespace=edgewasm-system
+# Oldest Kubernetes the chart supports (ValidatingAdmissionPolicy v1) and a current one.
+kube_versions=(1.30.0 1.32.0)
+
+die() { echo "charts/tests: $*" >&2; exit 1; }
+for tool in helm kubernetes-validate python3; do
+  command -v "$tool" >/dev/null || die "$tool is missing; run 'make deps' (scripts/deps.d/chart.sh)"
+done
+python3 -c 'import yaml' 2>/dev/null || die "python3 has no yaml module; run 'make deps'"
+
+work="$(mktemp -d)"
+trap 'rm -rf "$work"' EXIT
+
+render_deploy() {
+  # Plain manifests for kubectl users: the namespace, the CRDs, then the chart's objects.
+  {
+    echo "# Rendered from charts/edgewasm with default values by charts/tests/run.sh --update; do not edit."
+    echo "# kubectl apply --server-side -f deploy/edgewasm.yaml"
+    echo "---"
+    printf 'apiVersion: v1\nkind: Namespace\nmetadata:\n  name: %s\n' "$namespace"
+    helm template edgewasm "$chart" --namespace "$namespace" --include-crds
+  } >"$1"
+}
+
+if [[ "${1:-}" == "--update" ]]; then
+  rm -f "$chart"/crds/*.yaml
+  cp "$repo"/crds/*.yaml "$chart/crds/"
+  render_deploy "$repo/deploy/edgewasm.yaml"
+  echo "updated $chart/crds and deploy/edgewasm.yaml"
+fi
+
+step() { echo "== $*"; }
+
+step "CRDs in the chart are the ones in crds/"
+shopt -s nullglob
+repo_crds=("$repo"/crds/*.yaml)
+chart_crds=("$chart"/crds/*.yaml)
+shopt -u nullglob
+((${#repo_crds[@]} > 0)) || die "no CRDs in crds/ (make crds)"
+for file in "${repo_crds[@]}"; do
+  copy="$chart/crds/$(basename "$file")"
+  [[ -f "$copy" ]] || die "$copy is missing; run: bash charts/tests/run.sh --update"
+  cmp -s "$file" "$copy" || die "$copy differs from crds/; run: bash charts/tests/run.sh --update"
+done
+for copy in "${chart_crds[@]}"; do
+  [[ -f "$repo/crds/$(basename "$copy")" ]] || die "$copy is not in crds/; run: bash charts/tests/run.sh --update"
+done
+for version in "${kube_versions[@]}"; do
+  kubernetes-validate --strict --quiet -k "$version" "${chart_crds[@]}" || die "the CRDs are not valid for Kubernetes $version"
+done
+
+step "helm lint"
+helm lint --strict "$chart" --namespace "$namespace"
+for values in "$here"/values/*.yaml; do
+  helm lint --strict --quiet "$chart" --namespace "$namespace" -f "$values" >/dev/null \
+    || die "helm lint fails with $(basename "$values")"
+done
+
+step "helm template: schemas and the chart's promises, per value set"
+for values in "$here"/values/*.yaml; do
+  out="$work/$(basename "$values")"
+  helm template edgewasm "$chart" --namespace "$namespace" -f "$values" >"$out"
+  for version in "${kube_versions[@]}"; do
+    kubernetes-validate --strict --quiet -k "$version" "$out" \
+      || die "$(basename "$values"): rendered objects are not valid for Kubernetes $version"
+  done
+  python3 "$here/check_rendered.py" "$out" "$chart/values.yaml" "$values" "$namespace"
+done
+
+step "the checker catches a widened agent role and a writable /dev"
+python3 - "$work/default.yaml" "$work/broken.yaml" <<'PY'
+import sys, yaml
+docs = [d for d in yaml.safe_load_all(open(sys.argv[1])) if d]
+for d in docs:
+    component = d["metadata"].get("labels", {}).get("app.kubernetes.io/component")
+    if d["kind"] == "ClusterRole" and component == "agent":
+        d["rules"].append({"apiGroups": [""], "resources": ["pods", "secrets"], "verbs": ["list"]})
+    if d["kind"] == "DaemonSet" and component == "agent":
+        for mount in d["spec"]["template"]["spec"]["containers"][0]["volumeMounts"]:
+            if mount["mountPath"] == "/dev":
+                mount["readOnly"] = False
+yaml.safe_dump_all(docs, open(sys.argv[2], "w"))
+PY
+if python3 "$here/check_rendered.py" "$work/broken.yaml" "$chart/values.yaml" "$here/values/default.yaml" \
+  "$namespace" 2>"$work/broken.err"; then
+  die "check_rendered.py accepted a broken rendering"
+fi
+for expected in "may list Secrets" "the agent may list pods" "the agent mounts /dev writable"; do
+  grep -q "$expected" "$work/broken.err" || die "check_rendered.py did not report: $expected"
+done
+
+step "values.schema.json rejects typos and bad values"
+for values in "$here"/invalid/*.yaml; do
+  if helm template edgewasm "$chart" --namespace "$namespace" -f "$values" >/dev/null 2>"$work/err"; then
+    die "$(basename "$values") was accepted"
+  fi
+  grep -q "don't meet the specifications of the schema" "$work/err" \
+    || die "$(basename "$values") failed for another reason than the schema: $(cat "$work/err")"
+done
+
+step "deploy/ is rendered from the chart"
+render_deploy "$work/edgewasm.yaml"
+cmp -s "$work/edgewasm.yaml" "$repo/deploy/edgewasm.yaml" \
+  || die "deploy/edgewasm.yaml is stale; run: bash charts/tests/run.sh --update"
+for version in "${kube_versions[@]}"; do
+  kubernetes-validate --strict --quiet -k "$version" "$repo/deploy/edgewasm.yaml" || die "deploy/edgewasm.yaml invalid"
+done
+python3 - "$repo/deploy/gitops" "$chart/Chart.yaml" <<'PY'
+import glob, sys, yaml
+chart = yaml.safe_load(open(sys.argv[2]))
+files = sorted(glob.glob(sys.argv[1] + "/*.yaml"))
+assert files, "no GitOps examples in deploy/gitops"
+for path in files:
+    for doc in yaml.safe_load_all(open(path)):
+        if doc and doc["kind"] in ("HelmRelease", "Application"):
+            text = yaml.safe_dump(doc)
+            assert "charts/edgewasm" in text, f"{path}: {doc['kind']} does not point at charts/edgewasm"
+print(f"ok   {len(files)} GitOps examples point at charts/edgewasm")
+PY
+
+step "OCI image layouts"
+bash "$here/images.sh"
+
+echo "charts/tests: all passed"
