@@ -60,6 +60,21 @@ done
 for version in "${kube_versions[@]}"; do
   kubernetes-validate --strict --quiet -k "$version" "${chart_crds[@]}" || die "the CRDs are not valid for Kubernetes $version"
 done
+# The RBAC rules name these resources and subresources; fail here if the CRDs drift from them.
+python3 - "${chart_crds[@]}" <<'PY'
+import sys, yaml
+want = {"devices": ("Cluster", "Device"), "wasmworkloads": ("Namespaced", "WasmWorkload")}
+seen = {}
+for path in sys.argv[1:]:
+    spec = yaml.safe_load(open(path))["spec"]
+    assert spec["group"] == "edgewasm.io", f"{path}: group {spec['group']}"
+    plural = spec["names"]["plural"]
+    seen[plural] = (spec["scope"], spec["names"]["kind"])
+    for version in spec["versions"]:
+        assert "status" in version.get("subresources", {}), f"{path}: {version['name']} has no status subresource"
+assert seen == want, f"CRDs {seen} are not the ones the chart's RBAC names: {want}"
+print("ok   CRDs: Device (cluster-scoped), WasmWorkload (namespaced), both with status")
+PY
 
 step "helm lint"
 helm lint --strict "$chart" --namespace "$namespace"
@@ -67,6 +82,11 @@ for values in "$here"/values/*.yaml; do
   helm lint --strict --quiet "$chart" --namespace "$namespace" -f "$values" >/dev/null \
     || die "helm lint fails with $(basename "$values")"
 done
+
+step "helm package carries the CRDs"
+helm package "$chart" --destination "$work" >/dev/null
+packaged_crds="$(helm template edgewasm "$work"/edgewasm-*.tgz --include-crds | grep -c '^kind: CustomResourceDefinition$' || true)"
+((packaged_crds == ${#repo_crds[@]})) || die "the packaged chart renders $packaged_crds CRDs, crds/ has ${#repo_crds[@]}"
 
 step "helm template: schemas and the chart's promises, per value set"
 for values in "$here"/values/*.yaml; do
