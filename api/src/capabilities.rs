@@ -21,21 +21,41 @@ pub fn grants_for(workload: &WasmWorkload, devices: &[&Device]) -> Grants {
     for device in devices {
         let props = &device.spec.properties;
         if let Some(devnode) = props.get("devnode") {
-            grants.paths.push(PathGrant { host: devnode.clone(), guest: None, access: Access::ReadWrite });
+            grants.paths.push(PathGrant {
+                host: devnode.clone(),
+                guest: None,
+                access: Access::ReadWrite,
+            });
         }
         if let Some(syspath) = props.get("syspath") {
-            grants.paths.push(PathGrant { host: syspath.clone(), guest: None, access: Access::ReadOnly });
+            grants.paths.push(PathGrant {
+                host: syspath.clone(),
+                guest: None,
+                access: Access::ReadOnly,
+            });
         }
         let port = props.get("port").and_then(|p| p.parse().ok());
         for key in ["ip", "host"] {
             if let Some(host) = props.get(key) {
-                grants.network.push(NetworkGrant { host: host.clone(), port, protocol: Protocol::Any });
+                grants.network.push(NetworkGrant {
+                    host: host.clone(),
+                    port,
+                    protocol: Protocol::Any,
+                });
             }
         }
         for key in ["xaddrs", "endpointUrl"] {
-            for url in props.get(key).into_iter().flat_map(|v| v.split_whitespace()) {
+            for url in props
+                .get(key)
+                .into_iter()
+                .flat_map(|v| v.split_whitespace())
+            {
                 if let Some((host, port)) = url_host_port(url) {
-                    grants.network.push(NetworkGrant { host, port, protocol: Protocol::Tcp });
+                    grants.network.push(NetworkGrant {
+                        host,
+                        port,
+                        protocol: Protocol::Tcp,
+                    });
                 }
             }
         }
@@ -48,9 +68,10 @@ pub fn grants_for(workload: &WasmWorkload, devices: &[&Device]) -> Grants {
         });
     }
     if let Some(extra) = &workload.spec.grants {
-        grants
-            .paths
-            .extend(extra.paths.iter().map(|p| PathGrant { access: Access::ReadOnly, ..p.clone() }));
+        grants.paths.extend(extra.paths.iter().map(|p| PathGrant {
+            access: Access::ReadOnly,
+            ..p.clone()
+        }));
         grants.network.extend(extra.network.iter().cloned());
         grants.http_port = extra.http_port;
     }
@@ -61,18 +82,39 @@ pub fn grants_for(workload: &WasmWorkload, devices: &[&Device]) -> Grants {
 /// The environment of one placement: the workload's env, then `EDGEWASM_DEVICE_*` for its device
 /// (`vendorId` → `EDGEWASM_DEVICE_VENDOR_ID`) and `EDGEWASM_DEVICES` naming all its devices.
 pub fn env_for(workload: &WasmWorkload, devices: &[&Device]) -> Vec<(String, String)> {
-    let mut env: Vec<(String, String)> =
-        workload.spec.env.iter().map(|e| (e.name.clone(), e.value.clone())).collect();
-    let names: Vec<&str> = devices.iter().filter_map(|d| d.metadata.name.as_deref()).collect();
+    let mut env: Vec<(String, String)> = workload
+        .spec
+        .env
+        .iter()
+        .map(|e| (e.name.clone(), e.value.clone()))
+        .collect();
+    let names: Vec<&str> = devices
+        .iter()
+        .filter_map(|d| d.metadata.name.as_deref())
+        .collect();
     if !names.is_empty() {
         env.push(("EDGEWASM_DEVICES".into(), names.join(",")));
     }
     if let [device] = devices {
-        env.push(("EDGEWASM_DEVICE_NAME".into(), names.first().copied().unwrap_or_default().into()));
-        env.push(("EDGEWASM_DEVICE_HANDLER".into(), device.spec.handler.clone()));
-        let props: BTreeMap<String, &String> =
-            device.spec.properties.iter().map(|(k, v)| (env_key(k), v)).collect();
-        env.extend(props.into_iter().map(|(k, v)| (format!("EDGEWASM_DEVICE_{k}"), v.clone())));
+        env.push((
+            "EDGEWASM_DEVICE_NAME".into(),
+            names.first().copied().unwrap_or_default().into(),
+        ));
+        env.push((
+            "EDGEWASM_DEVICE_HANDLER".into(),
+            device.spec.handler.clone(),
+        ));
+        let props: BTreeMap<String, &String> = device
+            .spec
+            .properties
+            .iter()
+            .map(|(k, v)| (env_key(k), v))
+            .collect();
+        env.extend(
+            props
+                .into_iter()
+                .map(|(k, v)| (format!("EDGEWASM_DEVICE_{k}"), v.clone())),
+        );
     }
     env
 }
@@ -86,7 +128,11 @@ pub fn env_key(property: &str) -> String {
             out.push('_');
         }
         prev_lower = c.is_ascii_lowercase() || c.is_ascii_digit();
-        out.push(if c.is_ascii_alphanumeric() { c.to_ascii_uppercase() } else { '_' });
+        out.push(if c.is_ascii_alphanumeric() {
+            c.to_ascii_uppercase()
+        } else {
+            '_'
+        });
     }
     out
 }
@@ -130,7 +176,10 @@ mod tests {
             DeviceSpec {
                 handler: handler.into(),
                 nodes: vec!["n1".into()],
-                properties: props.iter().map(|(k, v)| ((*k).into(), (*v).into())).collect(),
+                properties: props
+                    .iter()
+                    .map(|(k, v)| ((*k).into(), (*v).into()))
+                    .collect(),
                 capacity: 1,
                 approved: true,
             },
@@ -139,41 +188,94 @@ mod tests {
 
     #[test]
     fn grants_per_handler_kind() {
-        let w = WasmWorkload::new("w", WasmWorkloadSpec { image: "x".into(), ..Default::default() });
-        let usb = device("udev-1", "udev", &[("devnode", "/dev/video0"), ("vendorId", "046d")]);
+        let w = WasmWorkload::new(
+            "w",
+            WasmWorkloadSpec {
+                image: "x".into(),
+                ..Default::default()
+            },
+        );
+        let usb = device(
+            "udev-1",
+            "udev",
+            &[("devnode", "/dev/video0"), ("vendorId", "046d")],
+        );
         let g = grants_for(&w, &[&usb]);
-        assert_eq!(g.paths, vec![PathGrant { host: "/dev/video0".into(), guest: None, access: Access::ReadWrite }]);
+        assert_eq!(
+            g.paths,
+            vec![PathGrant {
+                host: "/dev/video0".into(),
+                guest: None,
+                access: Access::ReadWrite
+            }]
+        );
         assert!(g.network.is_empty());
         assert_eq!(g.device.as_ref().unwrap().name, "udev-1");
 
         let cam = device(
             "onvif-1",
             "onvif",
-            &[("ip", "192.0.2.7"), ("xaddrs", "http://192.0.2.7/onvif/device_service http://[fe80::1%eth0]:8080/x")],
+            &[
+                ("ip", "192.0.2.7"),
+                (
+                    "xaddrs",
+                    "http://192.0.2.7/onvif/device_service http://[fe80::1%eth0]:8080/x",
+                ),
+            ],
         );
         let g = grants_for(&w, &[&cam]);
         assert!(g.paths.is_empty());
         assert_eq!(
             g.network,
             vec![
-                NetworkGrant { host: "192.0.2.7".into(), port: None, protocol: Protocol::Any },
-                NetworkGrant { host: "192.0.2.7".into(), port: Some(80), protocol: Protocol::Tcp },
-                NetworkGrant { host: "fe80::1".into(), port: Some(8080), protocol: Protocol::Tcp },
+                NetworkGrant {
+                    host: "192.0.2.7".into(),
+                    port: None,
+                    protocol: Protocol::Any
+                },
+                NetworkGrant {
+                    host: "192.0.2.7".into(),
+                    port: Some(80),
+                    protocol: Protocol::Tcp
+                },
+                NetworkGrant {
+                    host: "fe80::1".into(),
+                    port: Some(8080),
+                    protocol: Protocol::Tcp
+                },
             ]
         );
 
-        let plc = device("opcua-1", "opcua", &[("endpointUrl", "opc.tcp://plc.local:4841/UA/Server")]);
+        let plc = device(
+            "opcua-1",
+            "opcua",
+            &[("endpointUrl", "opc.tcp://plc.local:4841/UA/Server")],
+        );
         assert_eq!(
             grants_for(&w, &[&plc]).network,
-            vec![NetworkGrant { host: "plc.local".into(), port: Some(4841), protocol: Protocol::Tcp }]
+            vec![NetworkGrant {
+                host: "plc.local".into(),
+                port: Some(4841),
+                protocol: Protocol::Tcp
+            }]
         );
     }
 
     #[test]
     fn workload_extra_paths_are_read_only() {
-        let mut w = WasmWorkload::new("w", WasmWorkloadSpec { image: "x".into(), ..Default::default() });
+        let mut w = WasmWorkload::new(
+            "w",
+            WasmWorkloadSpec {
+                image: "x".into(),
+                ..Default::default()
+            },
+        );
         w.spec.grants = Some(WorkloadGrants {
-            paths: vec![PathGrant { host: "/etc/models".into(), guest: None, access: Access::ReadWrite }],
+            paths: vec![PathGrant {
+                host: "/etc/models".into(),
+                guest: None,
+                access: Access::ReadWrite,
+            }],
             network: vec![],
             http_port: Some(8080),
         });
@@ -185,8 +287,22 @@ mod tests {
 
     #[test]
     fn env_carries_device_properties() {
-        let w = WasmWorkload::new("w", WasmWorkloadSpec { image: "x".into(), ..Default::default() });
-        let usb = device("udev-1", "udev", &[("devnode", "/dev/video0"), ("vendorId", "046d"), ("ID_MODEL", "C920")]);
+        let w = WasmWorkload::new(
+            "w",
+            WasmWorkloadSpec {
+                image: "x".into(),
+                ..Default::default()
+            },
+        );
+        let usb = device(
+            "udev-1",
+            "udev",
+            &[
+                ("devnode", "/dev/video0"),
+                ("vendorId", "046d"),
+                ("ID_MODEL", "C920"),
+            ],
+        );
         let env = env_for(&w, &[&usb]);
         let get = |k: &str| env.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
         assert_eq!(get("EDGEWASM_DEVICE_VENDOR_ID"), Some("046d"));

@@ -31,7 +31,10 @@ pub const CONDITION_HEALTHY: &str = "Healthy";
 #[serde(rename_all = "camelCase")]
 pub struct DeviceSpec {
     /// Discovery handler that found the device: `udev`, `onvif`, `opcua`, `static`, ...
-    #[schemars(length(min = 1, max = 63), regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"))]
+    #[schemars(
+        length(min = 1, max = 63),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+    )]
     pub handler: String,
     /// Nodes the device is reachable from. Each agent owns its own entry (server-side apply), so a
     /// network camera seen by several nodes is one Device with several nodes.
@@ -73,7 +76,9 @@ pub struct DeviceStatus {
 }
 
 /// One placement holding a share of a device's capacity.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, JsonSchema)]
+#[derive(
+    Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, JsonSchema,
+)]
 #[serde(rename_all = "camelCase")]
 pub struct Allocation {
     /// `namespace/name` of the WasmWorkload.
@@ -92,21 +97,38 @@ pub fn device_name(handler: &str, identity: &str) -> String {
     let digest = Sha256::digest(format!("{handler}\0{identity}").as_bytes());
     let handler: String = handler
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '-' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_lowercase()
+            } else {
+                '-'
+            }
+        })
         .take(40)
         .collect();
-    format!("{}-{}", handler.trim_matches('-'), &hex::encode(digest)[..16])
+    format!(
+        "{}-{}",
+        handler.trim_matches('-'),
+        &hex::encode(digest)[..16]
+    )
 }
 
 impl Device {
     /// The status of a condition type, if the device carries it.
     pub fn condition(&self, type_: &str) -> Option<&Condition> {
-        self.status.as_ref()?.conditions.iter().find(|c| c.type_ == type_)
+        self.status
+            .as_ref()?
+            .conditions
+            .iter()
+            .find(|c| c.type_ == type_)
     }
 
     /// A device is present while some node reaches it and no agent has marked it absent.
     pub fn is_present(&self) -> bool {
-        !self.spec.nodes.is_empty() && self.condition(CONDITION_PRESENT).is_none_or(|c| c.status != "False")
+        !self.spec.nodes.is_empty()
+            && self
+                .condition(CONDITION_PRESENT)
+                .is_none_or(|c| c.status != "False")
     }
 
     /// Since when the device has been absent, if it is absent and the time is known.
@@ -137,7 +159,10 @@ mod tests {
         assert_ne!(a, device_name("udev", "urn:uuid:1234"));
         assert!(a.starts_with("onvif-"));
         assert!(a.len() <= 63);
-        assert!(a.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-'));
+        assert!(
+            a.chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        );
         assert!(device_name("My_Handler", "x").starts_with("my-handler-"));
     }
 }

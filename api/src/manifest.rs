@@ -34,7 +34,11 @@ struct Head {
 /// should not be silently ignored.
 pub fn parse_manifests(file: &str, text: &str) -> Result<Vec<Manifest>, ManifestError> {
     let mut out = Vec::new();
-    let err = |line: usize, message: String| ManifestError { file: file.to_owned(), line, message };
+    let err = |line: usize, message: String| ManifestError {
+        file: file.to_owned(),
+        line,
+        message,
+    };
     for (index, doc) in serde_yaml::Deserializer::from_str(text).enumerate() {
         let value = serde_yaml::Value::deserialize(doc)
             .map_err(|e| err(e.location().map_or(1, |l| l.line()), e.to_string()))?;
@@ -42,14 +46,28 @@ pub fn parse_manifests(file: &str, text: &str) -> Result<Vec<Manifest>, Manifest
             continue;
         }
         let line = document_line(text, index);
-        let head: Head = serde_yaml::from_value(value.clone()).map_err(|e| err(line, e.to_string()))?;
+        let head: Head =
+            serde_yaml::from_value(value.clone()).map_err(|e| err(line, e.to_string()))?;
         if head.api_version != "edgewasm.io/v1alpha1" {
-            return Err(err(line, format!("apiVersion {:?} is not edgewasm.io/v1alpha1", head.api_version)));
+            return Err(err(
+                line,
+                format!(
+                    "apiVersion {:?} is not edgewasm.io/v1alpha1",
+                    head.api_version
+                ),
+            ));
         }
         let object = match head.kind.as_str() {
-            "WasmWorkload" => serde_yaml::from_value(value).map(|w| Manifest::Workload(Box::new(w))),
+            "WasmWorkload" => {
+                serde_yaml::from_value(value).map(|w| Manifest::Workload(Box::new(w)))
+            }
             "Device" => serde_yaml::from_value(value).map(|d| Manifest::Device(Box::new(d))),
-            other => return Err(err(line, format!("kind {other:?} is not WasmWorkload or Device"))),
+            other => {
+                return Err(err(
+                    line,
+                    format!("kind {other:?} is not WasmWorkload or Device"),
+                ));
+            }
         }
         .map_err(|e| err(line, format!("{} {}", head.kind, e)))?;
         out.push(object);
@@ -88,7 +106,10 @@ mod tests {
         let text = "apiVersion: edgewasm.io/v1alpha1\nkind: Device\nmetadata: {name: d}\nspec: {handler: static}\n---\napiVersion: edgewasm.io/v1alpha1\nkind: WasmWorkload\nmetadata: {name: w}\nspec:\n  image: x.wasm\n  placement: {mode: sideways}\n";
         let err = parse_manifests("a.yaml", text).unwrap_err();
         assert_eq!(err.line, 6, "{err}");
-        assert!(err.to_string().starts_with("a.yaml:6: WasmWorkload"), "{err}");
+        assert!(
+            err.to_string().starts_with("a.yaml:6: WasmWorkload"),
+            "{err}"
+        );
         assert!(err.message.contains("sideways"), "{err}");
         let ok = parse_manifests("a.yaml", &text.replace("sideways", "perNode")).unwrap();
         assert_eq!(ok.len(), 2);

@@ -90,6 +90,9 @@ impl WaitReason {
     }
 }
 
+/// Existing allocations: (workload key, placement id) → the devices it holds and the node it runs on.
+type Held<'a> = BTreeMap<(String, String), Vec<(&'a Device, Option<String>)>>;
+
 /// A request for one unit of one device's capacity, ranked against all others.
 struct Claim<'a> {
     rank: (Reverse<i32>, bool, Option<Timestamp>, String, String),
@@ -104,13 +107,17 @@ struct Claim<'a> {
 /// Plans every workload against every device.
 pub fn plan(workloads: &[WasmWorkload], devices: &[Device], opts: PlanOptions) -> Plan {
     let mut out = Plan::default();
-    let by_name: BTreeMap<&str, &Device> =
-        devices.iter().filter_map(|d| Some((d.metadata.name.as_deref()?, d))).collect();
+    let by_name: BTreeMap<&str, &Device> = devices
+        .iter()
+        .filter_map(|d| Some((d.metadata.name.as_deref()?, d)))
+        .collect();
     // Existing allocations: (workload key, placement id) -> (device, node).
-    let mut held: BTreeMap<(String, String), Vec<(&Device, Option<String>)>> = BTreeMap::new();
+    let mut held: Held<'_> = BTreeMap::new();
     for device in by_name.values() {
         for a in device.allocations() {
-            held.entry((a.workload.clone(), a.placement.clone())).or_default().push((device, a.node.clone()));
+            held.entry((a.workload.clone(), a.placement.clone()))
+                .or_default()
+                .push((device, a.node.clone()));
         }
     }
     let usable = |d: &Device| d.spec.approved && within_grace(d, opts);
@@ -124,7 +131,11 @@ pub fn plan(workloads: &[WasmWorkload], devices: &[Device], opts: PlanOptions) -
             out.workloads.insert(key, wp);
             continue;
         }
-        let selector = w.spec.device_selector.as_ref().map(|s| s.compile().expect("validated above"));
+        let selector = w
+            .spec
+            .device_selector
+            .as_ref()
+            .map(|s| s.compile().expect("validated above"));
         let mut matching: Vec<&Device> = Vec::new();
         if let Some(sel) = &selector {
             match matching_devices(sel, by_name.values().copied()) {
@@ -136,7 +147,10 @@ pub fn plan(workloads: &[WasmWorkload], devices: &[Device], opts: PlanOptions) -
                 }
             }
         }
-        wp.matched_devices = matching.iter().filter(|d| d.spec.approved && d.is_present()).count() as u32;
+        wp.matched_devices = matching
+            .iter()
+            .filter(|d| d.spec.approved && d.is_present())
+            .count() as u32;
         wp.unapproved_devices = matching.iter().filter(|d| !d.spec.approved).count() as u32;
         // Absent devices keep only the placements they already had.
         matching.retain(|d| usable(d) && (d.is_present() || held_by(&held, &key, d)));
@@ -171,9 +185,17 @@ pub fn plan(workloads: &[WasmWorkload], devices: &[Device], opts: PlanOptions) -
             PlacementMode::Count => {
                 for i in 0..w.spec.placement.replicas.unwrap_or(0) {
                     let id = i.to_string();
-                    let previous = held.get(&(key.clone(), id.clone())).and_then(|v| v.first()).map(|(d, _)| *d);
-                    let existing = previous.is_some_and(|p| matching.iter().any(|m| std::ptr::eq(*m, p)));
-                    let device = if selector.is_some() { previous.filter(|_| existing) } else { None };
+                    let previous = held
+                        .get(&(key.clone(), id.clone()))
+                        .and_then(|v| v.first())
+                        .map(|(d, _)| *d);
+                    let existing =
+                        previous.is_some_and(|p| matching.iter().any(|m| std::ptr::eq(*m, p)));
+                    let device = if selector.is_some() {
+                        previous.filter(|_| existing)
+                    } else {
+                        None
+                    };
                     claims.push(Claim {
                         rank: rank(&id, existing),
                         workload: w,
@@ -194,22 +216,36 @@ pub fn plan(workloads: &[WasmWorkload], devices: &[Device], opts: PlanOptions) -
     let mut per_node: BTreeMap<(String, String), (&WasmWorkload, Vec<&Device>)> = BTreeMap::new();
     for claim in claims {
         let has_room = |d: &Device, used: &BTreeMap<&str, Vec<(String, i32)>>| {
-            let n = used.get(d.metadata.name.as_deref().unwrap_or_default()).map_or(0, Vec::len);
+            let n = used
+                .get(d.metadata.name.as_deref().unwrap_or_default())
+                .map_or(0, Vec::len);
             n < d.spec.capacity as usize
         };
         let pinned_to_selector = claim.workload.spec.device_selector.is_some();
         let chosen = match claim.device {
             Some(d) if has_room(d, &used) => Some(d),
-            Some(_) if !claim.candidates.is_empty() => {
-                claim.candidates.iter().copied().find(|d| d.is_present() && has_room(d, &used))
-            }
+            Some(_) if !claim.candidates.is_empty() => claim
+                .candidates
+                .iter()
+                .copied()
+                .find(|d| d.is_present() && has_room(d, &used)),
             Some(_) => None,
-            None if pinned_to_selector => {
-                claim.candidates.iter().copied().find(|d| d.is_present() && has_room(d, &used))
-            }
+            None if pinned_to_selector => claim
+                .candidates
+                .iter()
+                .copied()
+                .find(|d| d.is_present() && has_room(d, &used)),
             None => {
                 // A count placement without a selector needs no device.
-                emit(&mut out, claim.workload, &claim.key, claim.id, &[], None, &held);
+                emit(
+                    &mut out,
+                    claim.workload,
+                    &claim.key,
+                    claim.id,
+                    &[],
+                    None,
+                    &held,
+                );
                 continue;
             }
         };
@@ -220,7 +256,9 @@ pub fn plan(workloads: &[WasmWorkload], devices: &[Device], opts: PlanOptions) -
             continue;
         };
         let device_name = device.metadata.name.as_deref().unwrap_or_default();
-        used.entry(device_name).or_default().push((claim.key.clone(), claim.workload.spec.priority));
+        used.entry(device_name)
+            .or_default()
+            .push((claim.key.clone(), claim.workload.spec.priority));
         if claim.workload.spec.placement.mode == PlacementMode::PerNode {
             per_node
                 .entry((claim.key.clone(), claim.id.clone()))
@@ -228,7 +266,15 @@ pub fn plan(workloads: &[WasmWorkload], devices: &[Device], opts: PlanOptions) -
                 .1
                 .push(device);
         } else {
-            emit(&mut out, claim.workload, &claim.key, claim.id, &[device], None, &held);
+            emit(
+                &mut out,
+                claim.workload,
+                &claim.key,
+                claim.id,
+                &[device],
+                None,
+                &held,
+            );
         }
     }
     for ((key, id), (w, devices)) in per_node {
@@ -244,11 +290,14 @@ pub fn plan(workloads: &[WasmWorkload], devices: &[Device], opts: PlanOptions) -
         wp.waiting.sort_by(|a, b| a.id.cmp(&b.id));
         for p in &wp.placements {
             for d in &p.devices {
-                out.allocations.entry(d.clone()).or_default().push(Allocation {
-                    workload: p.workload.clone(),
-                    placement: p.id.clone(),
-                    node: p.node.clone(),
-                });
+                out.allocations
+                    .entry(d.clone())
+                    .or_default()
+                    .push(Allocation {
+                        workload: p.workload.clone(),
+                        placement: p.id.clone(),
+                        node: p.node.clone(),
+                    });
             }
         }
     }
@@ -265,19 +314,26 @@ fn emit(
     id: String,
     devices: &[&Device],
     node: Option<String>,
-    held: &BTreeMap<(String, String), Vec<(&Device, Option<String>)>>,
+    held: &Held<'_>,
 ) {
     let node = node.or_else(|| devices.first().and_then(|d| node_for(d, key, &id, held)));
     let placement = Placement {
         workload: key.to_owned(),
-        devices: devices.iter().filter_map(|d| d.metadata.name.clone()).collect(),
+        devices: devices
+            .iter()
+            .filter_map(|d| d.metadata.name.clone())
+            .collect(),
         node,
         device_absent: devices.iter().any(|d| !d.is_present()),
         grants: grants_for(w, devices),
         env: env_for(w, devices),
         id,
     };
-    out.workloads.get_mut(key).expect("inserted by plan").placements.push(placement);
+    out.workloads
+        .get_mut(key)
+        .expect("inserted by plan")
+        .placements
+        .push(placement);
 }
 
 fn waiting_for(claim: &Claim<'_>, used: &BTreeMap<&str, Vec<(String, i32)>>) -> Waiting {
@@ -337,8 +393,9 @@ fn within_grace(d: &Device, opts: PlanOptions) -> bool {
     }
 }
 
-fn held_by(held: &BTreeMap<(String, String), Vec<(&Device, Option<String>)>>, key: &str, d: &Device) -> bool {
-    held.iter().any(|((w, _), v)| w == key && v.iter().any(|(hd, _)| std::ptr::eq(*hd, d)))
+fn held_by(held: &Held<'_>, key: &str, d: &Device) -> bool {
+    held.iter()
+        .any(|((w, _), v)| w == key && v.iter().any(|(hd, _)| std::ptr::eq(*hd, d)))
 }
 
 /// The placement id under which a device's node is looked up for `perNode` (stable per device).
@@ -349,12 +406,7 @@ fn node_key(d: &Device, key: &str) -> String {
 /// The node a placement on `d` runs on: where it already runs if the device is still reachable there (or
 /// absent within grace), else the node that ranks first by rendezvous hashing, which spreads placements
 /// over a multi-node device's nodes and moves as few as possible when the set changes.
-fn node_for(
-    d: &Device,
-    key: &str,
-    id: &str,
-    held: &BTreeMap<(String, String), Vec<(&Device, Option<String>)>>,
-) -> Option<String> {
+fn node_for(d: &Device, key: &str, id: &str, held: &Held<'_>) -> Option<String> {
     let previous = held
         .iter()
         .filter(|((w, _), _)| w == key)
@@ -366,7 +418,11 @@ fn node_for(
     {
         return Some(node);
     }
-    d.spec.nodes.iter().max_by_key(|n| Sha256::digest(format!("{n}\0{id}").as_bytes())).cloned()
+    d.spec
+        .nodes
+        .iter()
+        .max_by_key(|n| Sha256::digest(format!("{n}\0{id}").as_bytes()))
+        .cloned()
 }
 
 #[cfg(test)]
@@ -381,7 +437,10 @@ mod tests {
     const T0: i64 = 1_800_000_000;
 
     fn opts(now: i64) -> PlanOptions {
-        PlanOptions { now: Timestamp::from_second(now).unwrap(), grace: Duration::from_secs(60) }
+        PlanOptions {
+            now: Timestamp::from_second(now).unwrap(),
+            grace: Duration::from_mins(1),
+        }
     }
 
     fn dev(name: &str, nodes: &[&str], capacity: u32) -> Device {
@@ -399,21 +458,30 @@ mod tests {
 
     fn absent(mut d: Device, since: i64) -> Device {
         d.spec.nodes.clear();
-        d.status.get_or_insert_with(DeviceStatus::default).conditions.push(Condition {
-            type_: CONDITION_PRESENT.into(),
-            status: "False".into(),
-            reason: "Gone".into(),
-            message: String::new(),
-            observed_generation: None,
-            last_transition_time: Time(Timestamp::from_second(since).unwrap()),
-        });
+        d.status
+            .get_or_insert_with(DeviceStatus::default)
+            .conditions
+            .push(Condition {
+                type_: CONDITION_PRESENT.into(),
+                status: "False".into(),
+                reason: "Gone".into(),
+                message: String::new(),
+                observed_generation: None,
+                last_transition_time: Time(Timestamp::from_second(since).unwrap()),
+            });
         d
     }
 
     fn allocated(mut d: Device, allocs: &[(&str, &str, &str)]) -> Device {
-        d.status.get_or_insert_with(DeviceStatus::default).allocations = allocs
+        d.status
+            .get_or_insert_with(DeviceStatus::default)
+            .allocations = allocs
             .iter()
-            .map(|(w, p, n)| Allocation { workload: (*w).into(), placement: (*p).into(), node: Some((*n).into()) })
+            .map(|(w, p, n)| Allocation {
+                workload: (*w).into(),
+                placement: (*p).into(),
+                node: Some((*n).into()),
+            })
             .collect();
         d
     }
@@ -423,7 +491,10 @@ mod tests {
             name,
             WasmWorkloadSpec {
                 image: "registry.local/app:1".into(),
-                device_selector: Some(DeviceSelector { handler: Some("static".into()), ..Default::default() }),
+                device_selector: Some(DeviceSelector {
+                    handler: Some("static".into()),
+                    ..Default::default()
+                }),
                 placement: PlacementSpec {
                     mode,
                     replicas: (mode == PlacementMode::Count).then_some(2),
@@ -438,23 +509,41 @@ mod tests {
     }
 
     /// Re-runs a plan with its own allocations written back, as the operator does.
-    fn settle(workloads: &[WasmWorkload], mut devices: Vec<Device>, o: PlanOptions) -> (Plan, Vec<Device>) {
+    fn settle(
+        workloads: &[WasmWorkload],
+        mut devices: Vec<Device>,
+        o: PlanOptions,
+    ) -> (Plan, Vec<Device>) {
         let p = plan(workloads, &devices, o);
         for d in &mut devices {
             let allocs = p.allocations[d.metadata.name.as_deref().unwrap()].clone();
-            d.status.get_or_insert_with(DeviceStatus::default).allocations = allocs;
+            d.status
+                .get_or_insert_with(DeviceStatus::default)
+                .allocations = allocs;
         }
         (p, devices)
     }
 
     fn ids(p: &Plan, w: &str) -> Vec<(String, Option<String>)> {
-        p.workloads[w].placements.iter().map(|p| (p.id.clone(), p.node.clone())).collect()
+        p.workloads[w]
+            .placements
+            .iter()
+            .map(|p| (p.id.clone(), p.node.clone()))
+            .collect()
     }
 
     #[test]
     fn per_device_places_one_instance_per_matching_device() {
-        let devices = vec![dev("cam-a", &["n1"], 1), dev("cam-b", &["n2"], 1), dev("cam-c", &["n1"], 1)];
-        let p = plan(&[wl("w", PlacementMode::PerDevice, 0, T0)], &devices, opts(T0));
+        let devices = vec![
+            dev("cam-a", &["n1"], 1),
+            dev("cam-b", &["n2"], 1),
+            dev("cam-c", &["n1"], 1),
+        ];
+        let p = plan(
+            &[wl("w", PlacementMode::PerDevice, 0, T0)],
+            &devices,
+            opts(T0),
+        );
         assert_eq!(
             ids(&p, "default/w"),
             vec![
@@ -467,13 +556,25 @@ mod tests {
         assert_eq!(p.allocations["cam-b"][0].placement, "cam-b");
         let cam_a = &p.workloads["default/w"].placements[0];
         assert_eq!(cam_a.grants.paths[0].host, "/dev/cam-a");
-        assert!(cam_a.env.contains(&("EDGEWASM_DEVICE_NAME".into(), "cam-a".into())));
+        assert!(
+            cam_a
+                .env
+                .contains(&("EDGEWASM_DEVICE_NAME".into(), "cam-a".into()))
+        );
     }
 
     #[test]
     fn per_node_groups_devices_by_node() {
-        let devices = vec![dev("cam-a", &["n1"], 1), dev("cam-b", &["n2"], 1), dev("cam-c", &["n1"], 1)];
-        let p = plan(&[wl("w", PlacementMode::PerNode, 0, T0)], &devices, opts(T0));
+        let devices = vec![
+            dev("cam-a", &["n1"], 1),
+            dev("cam-b", &["n2"], 1),
+            dev("cam-c", &["n1"], 1),
+        ];
+        let p = plan(
+            &[wl("w", PlacementMode::PerNode, 0, T0)],
+            &devices,
+            opts(T0),
+        );
         let w = &p.workloads["default/w"];
         assert_eq!(w.placements.len(), 2);
         assert_eq!(w.placements[0].id, "n1");
@@ -497,7 +598,12 @@ mod tests {
         free.spec.device_selector = None;
         let p = plan(&[free], &[], opts(T0));
         assert_eq!(p.workloads["default/free"].placements.len(), 2);
-        assert!(p.workloads["default/free"].placements.iter().all(|p| p.node.is_none() && p.devices.is_empty()));
+        assert!(
+            p.workloads["default/free"]
+                .placements
+                .iter()
+                .all(|p| p.node.is_none() && p.devices.is_empty())
+        );
     }
 
     #[test]
@@ -509,7 +615,11 @@ mod tests {
         assert_eq!(p.workloads["default/high"].placements.len(), 1);
         let waiting = &p.workloads["default/low"].waiting;
         assert_eq!(waiting[0].reason, WaitReason::CapacityExhausted);
-        assert!(waiting[0].message.contains("default/high (priority 10)"), "{}", waiting[0].message);
+        assert!(
+            waiting[0].message.contains("default/high (priority 10)"),
+            "{}",
+            waiting[0].message
+        );
 
         let older = wl("zz-older", PlacementMode::PerDevice, 0, T0 - 10);
         let p = plan(&[low.clone(), older], &devices, opts(T0));
@@ -523,7 +633,10 @@ mod tests {
     fn equal_priority_keeps_the_current_holder() {
         let holder = wl("zz-holder", PlacementMode::PerDevice, 0, T0 + 50);
         let newcomer = wl("aa-newcomer", PlacementMode::PerDevice, 0, T0);
-        let devices = vec![allocated(dev("cam-a", &["n1"], 1), &[("default/zz-holder", "cam-a", "n1")])];
+        let devices = vec![allocated(
+            dev("cam-a", &["n1"], 1),
+            &[("default/zz-holder", "cam-a", "n1")],
+        )];
         let p = plan(&[holder, newcomer], &devices, opts(T0));
         assert_eq!(p.workloads["default/zz-holder"].placements.len(), 1);
         assert_eq!(p.workloads["default/aa-newcomer"].waiting.len(), 1);
@@ -532,34 +645,71 @@ mod tests {
     #[test]
     fn multi_node_device_stays_on_its_node_until_that_node_loses_it() {
         let w = wl("w", PlacementMode::PerDevice, 0, T0);
-        let fresh = plan(std::slice::from_ref(&w), &[dev("cam", &["n1", "n2", "n3"], 1)], opts(T0));
-        let chosen = fresh.workloads["default/w"].placements[0].node.clone().unwrap();
-        let other = ["n1", "n2", "n3"].into_iter().find(|n| *n != chosen).unwrap();
-        let sticky = allocated(dev("cam", &["n1", "n2", "n3"], 1), &[("default/w", "cam", other)]);
+        let fresh = plan(
+            std::slice::from_ref(&w),
+            &[dev("cam", &["n1", "n2", "n3"], 1)],
+            opts(T0),
+        );
+        let chosen = fresh.workloads["default/w"].placements[0]
+            .node
+            .clone()
+            .unwrap();
+        let other = ["n1", "n2", "n3"]
+            .into_iter()
+            .find(|n| *n != chosen)
+            .unwrap();
+        let sticky = allocated(
+            dev("cam", &["n1", "n2", "n3"], 1),
+            &[("default/w", "cam", other)],
+        );
         let p = plan(std::slice::from_ref(&w), &[sticky], opts(T0));
-        assert_eq!(p.workloads["default/w"].placements[0].node.as_deref(), Some(other));
-        let lost: Vec<&str> = ["n1", "n2", "n3"].into_iter().filter(|n| *n != other).collect();
+        assert_eq!(
+            p.workloads["default/w"].placements[0].node.as_deref(),
+            Some(other)
+        );
+        let lost: Vec<&str> = ["n1", "n2", "n3"]
+            .into_iter()
+            .filter(|n| *n != other)
+            .collect();
         let moved = allocated(dev("cam", &lost, 1), &[("default/w", "cam", other)]);
         let p = plan(&[w], &[moved], opts(T0));
-        assert_ne!(p.workloads["default/w"].placements[0].node.as_deref(), Some(other));
+        assert_ne!(
+            p.workloads["default/w"].placements[0].node.as_deref(),
+            Some(other)
+        );
     }
 
     #[test]
     fn absent_device_keeps_its_placement_for_the_grace_period() {
         let w = wl("w", PlacementMode::PerDevice, 0, T0);
-        let gone = absent(allocated(dev("cam", &["n1"], 1), &[("default/w", "cam", "n1")]), T0);
-        let p = plan(std::slice::from_ref(&w), std::slice::from_ref(&gone), opts(T0 + 30));
+        let gone = absent(
+            allocated(dev("cam", &["n1"], 1), &[("default/w", "cam", "n1")]),
+            T0,
+        );
+        let p = plan(
+            std::slice::from_ref(&w),
+            std::slice::from_ref(&gone),
+            opts(T0 + 30),
+        );
         let kept = &p.workloads["default/w"].placements;
         assert_eq!(kept.len(), 1);
         assert!(kept[0].device_absent);
         assert_eq!(kept[0].node.as_deref(), Some("n1"));
         assert_eq!(p.workloads["default/w"].matched_devices, 0);
-        let p = plan(std::slice::from_ref(&w), std::slice::from_ref(&gone), opts(T0 + 61));
+        let p = plan(
+            std::slice::from_ref(&w),
+            std::slice::from_ref(&gone),
+            opts(T0 + 61),
+        );
         assert!(p.workloads["default/w"].placements.is_empty());
         assert!(p.allocations["cam"].is_empty());
         // A device absent without ever having been placed gets nothing new.
         let stranger = absent(dev("cam", &["n1"], 1), T0);
-        assert!(plan(&[w], &[stranger], opts(T0 + 1)).workloads["default/w"].placements.is_empty());
+        assert!(
+            plan(&[w], &[stranger], opts(T0 + 1)).workloads["default/w"]
+                .placements
+                .is_empty()
+        );
     }
 
     #[test]
@@ -577,19 +727,29 @@ mod tests {
         bad.spec.device_selector.as_mut().unwrap().expression = Some("device.properties[".into());
         let good = wl("good", PlacementMode::PerDevice, 0, T0);
         let p = plan(&[bad, good], &[dev("cam", &["n1"], 1)], opts(T0));
-        assert!(matches!(p.workloads["default/bad"].invalid, Some(SpecError::Selector(_))));
+        assert!(matches!(
+            p.workloads["default/bad"].invalid,
+            Some(SpecError::Selector(_))
+        ));
         assert_eq!(p.workloads["default/good"].placements.len(), 1);
 
         let mut no_selector = wl("nosel", PlacementMode::PerDevice, 0, T0);
         no_selector.spec.device_selector = None;
         let p = plan(&[no_selector], &[], opts(T0));
-        assert_eq!(p.workloads["default/nosel"].invalid, Some(SpecError::SelectorRequired(PlacementMode::PerDevice)));
+        assert_eq!(
+            p.workloads["default/nosel"].invalid,
+            Some(SpecError::SelectorRequired(PlacementMode::PerDevice))
+        );
     }
 
     #[test]
     fn three_devices_two_competing_workloads() {
         // The operator's "done when" scenario: capacity 1 each, the higher priority takes all three.
-        let devices = vec![dev("cam-a", &["n1"], 1), dev("cam-b", &["n1"], 1), dev("cam-c", &["n2"], 1)];
+        let devices = vec![
+            dev("cam-a", &["n1"], 1),
+            dev("cam-b", &["n1"], 1),
+            dev("cam-c", &["n2"], 1),
+        ];
         let first = wl("first", PlacementMode::PerDevice, 5, T0);
         let second = wl("second", PlacementMode::PerDevice, 0, T0 - 100);
         let (p, devices) = settle(&[first.clone(), second.clone()], devices, opts(T0));

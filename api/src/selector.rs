@@ -74,7 +74,9 @@ pub struct CompiledSelector<'a> {
 
 impl std::fmt::Debug for CompiledSelector<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("CompiledSelector").field("selector", self.selector).finish_non_exhaustive()
+        f.debug_struct("CompiledSelector")
+            .field("selector", self.selector)
+            .finish_non_exhaustive()
     }
 }
 
@@ -108,11 +110,16 @@ impl DeviceSelector {
             None => None,
             Some(src) => Some(
                 std::panic::catch_unwind(|| cel::Program::compile(src))
-                    .map_err(|_| SelectorError::InvalidExpression("the CEL parser failed on it".into()))?
+                    .map_err(|_| {
+                        SelectorError::InvalidExpression("the CEL parser failed on it".into())
+                    })?
                     .map_err(|e| SelectorError::InvalidExpression(e.to_string()))?,
             ),
         };
-        Ok(CompiledSelector { selector: self, program })
+        Ok(CompiledSelector {
+            selector: self,
+            program,
+        })
     }
 }
 
@@ -122,10 +129,18 @@ impl CompiledSelector<'_> {
         let s = self.selector;
         let name = device.metadata.name.as_deref().unwrap_or_default();
         let labels = device.metadata.labels.clone().unwrap_or_default();
-        if s.handler.as_ref().is_some_and(|h| *h != device.spec.handler)
+        if s.handler
+            .as_ref()
+            .is_some_and(|h| *h != device.spec.handler)
             || !s.match_labels.iter().all(|(k, v)| labels.get(k) == Some(v))
-            || !s.properties.iter().all(|(k, v)| device.spec.properties.get(k) == Some(v))
-            || !s.match_expressions.iter().all(|r| requirement_holds(r, &labels))
+            || !s
+                .properties
+                .iter()
+                .all(|(k, v)| device.spec.properties.get(k) == Some(v))
+            || !s
+                .match_expressions
+                .iter()
+                .all(|r| requirement_holds(r, &labels))
         {
             return Ok(false);
         }
@@ -140,16 +155,23 @@ impl CompiledSelector<'_> {
             properties: &device.spec.properties,
         };
         let mut ctx = cel::Context::default();
-        ctx.add_variable("device", &view).map_err(|e| SelectorError::Evaluation {
-            device: name.to_owned(),
-            message: e.to_string(),
-        })?;
+        ctx.add_variable("device", &view)
+            .map_err(|e| SelectorError::Evaluation {
+                device: name.to_owned(),
+                message: e.to_string(),
+            })?;
         match program.execute(&ctx) {
             Ok(cel::Value::Bool(b)) => Ok(b),
-            Ok(other) => Err(SelectorError::NotBool { device: name.to_owned(), got: format!("{other:?}") }),
+            Ok(other) => Err(SelectorError::NotBool {
+                device: name.to_owned(),
+                got: format!("{other:?}"),
+            }),
             // A device without the property an expression asks for simply does not match.
             Err(cel::ExecutionError::NoSuchKey(_)) => Ok(false),
-            Err(e) => Err(SelectorError::Evaluation { device: name.to_owned(), message: e.to_string() }),
+            Err(e) => Err(SelectorError::Evaluation {
+                device: name.to_owned(),
+                message: e.to_string(),
+            }),
         }
     }
 }
@@ -175,35 +197,70 @@ mod tests {
             DeviceSpec {
                 handler: handler.into(),
                 nodes: vec!["node-a".into()],
-                properties: props.iter().map(|(k, v)| ((*k).into(), (*v).into())).collect(),
+                properties: props
+                    .iter()
+                    .map(|(k, v)| ((*k).into(), (*v).into()))
+                    .collect(),
                 capacity: 1,
                 approved: true,
             },
         );
-        d.metadata.labels = Some(labels.iter().map(|(k, v)| ((*k).into(), (*v).into())).collect());
+        d.metadata.labels = Some(
+            labels
+                .iter()
+                .map(|(k, v)| ((*k).into(), (*v).into()))
+                .collect(),
+        );
         d
     }
 
     #[test]
     fn selector_table() {
-        let cam = device("onvif", &[("site", "hall-1")], &[("model", "M3045"), ("vendor", "axis")]);
+        let cam = device(
+            "onvif",
+            &[("site", "hall-1")],
+            &[("model", "M3045"), ("vendor", "axis")],
+        );
         let cases: Vec<(&str, DeviceSelector, bool)> = vec![
             ("empty matches", DeviceSelector::default(), true),
-            ("handler", DeviceSelector { handler: Some("onvif".into()), ..Default::default() }, true),
-            ("other handler", DeviceSelector { handler: Some("udev".into()), ..Default::default() }, false),
+            (
+                "handler",
+                DeviceSelector {
+                    handler: Some("onvif".into()),
+                    ..Default::default()
+                },
+                true,
+            ),
+            (
+                "other handler",
+                DeviceSelector {
+                    handler: Some("udev".into()),
+                    ..Default::default()
+                },
+                false,
+            ),
             (
                 "labels",
-                DeviceSelector { match_labels: [("site".into(), "hall-1".into())].into(), ..Default::default() },
+                DeviceSelector {
+                    match_labels: [("site".into(), "hall-1".into())].into(),
+                    ..Default::default()
+                },
                 true,
             ),
             (
                 "label mismatch",
-                DeviceSelector { match_labels: [("site".into(), "hall-2".into())].into(), ..Default::default() },
+                DeviceSelector {
+                    match_labels: [("site".into(), "hall-2".into())].into(),
+                    ..Default::default()
+                },
                 false,
             ),
             (
                 "properties",
-                DeviceSelector { properties: [("vendor".into(), "axis".into())].into(), ..Default::default() },
+                DeviceSelector {
+                    properties: [("vendor".into(), "axis".into())].into(),
+                    ..Default::default()
+                },
                 true,
             ),
             (
@@ -233,39 +290,68 @@ mod tests {
             (
                 "cel true",
                 DeviceSelector {
-                    expression: Some("device.properties.model.startsWith('M30') && device.handler == 'onvif'".into()),
+                    expression: Some(
+                        "device.properties.model.startsWith('M30') && device.handler == 'onvif'"
+                            .into(),
+                    ),
                     ..Default::default()
                 },
                 true,
             ),
             (
                 "cel false",
-                DeviceSelector { expression: Some("'node-b' in device.nodes".into()), ..Default::default() },
+                DeviceSelector {
+                    expression: Some("'node-b' in device.nodes".into()),
+                    ..Default::default()
+                },
                 false,
             ),
             (
                 "cel missing property is no match",
-                DeviceSelector { expression: Some("device.properties.serial == 'x'".into()), ..Default::default() },
+                DeviceSelector {
+                    expression: Some("device.properties.serial == 'x'".into()),
+                    ..Default::default()
+                },
                 false,
             ),
         ];
         for (name, sel, want) in cases {
-            assert_eq!(sel.compile().unwrap().matches(&cam).unwrap(), want, "{name}");
+            assert_eq!(
+                sel.compile().unwrap().matches(&cam).unwrap(),
+                want,
+                "{name}"
+            );
         }
     }
 
     #[test]
     fn invalid_selectors_are_clear_errors() {
-        let bad = DeviceSelector { expression: Some("device.properties.model ==".into()), ..Default::default() };
-        assert!(matches!(bad.compile(), Err(SelectorError::InvalidExpression(_))));
         let bad = DeviceSelector {
-            match_expressions: vec![LabelRequirement { key: "a".into(), operator: LabelOperator::In, values: vec![] }],
+            expression: Some("device.properties.model ==".into()),
+            ..Default::default()
+        };
+        assert!(matches!(
+            bad.compile(),
+            Err(SelectorError::InvalidExpression(_))
+        ));
+        let bad = DeviceSelector {
+            match_expressions: vec![LabelRequirement {
+                key: "a".into(),
+                operator: LabelOperator::In,
+                values: vec![],
+            }],
             ..Default::default()
         };
         let err = bad.compile().unwrap_err().to_string();
         assert!(err.contains("matchExpressions[0]"), "{err}");
-        let not_bool = DeviceSelector { expression: Some("device.name".into()), ..Default::default() };
+        let not_bool = DeviceSelector {
+            expression: Some("device.name".into()),
+            ..Default::default()
+        };
         let cam = device("onvif", &[], &[]);
-        assert!(matches!(not_bool.compile().unwrap().matches(&cam), Err(SelectorError::NotBool { .. })));
+        assert!(matches!(
+            not_bool.compile().unwrap().matches(&cam),
+            Err(SelectorError::NotBool { .. })
+        ));
     }
 }

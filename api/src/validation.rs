@@ -17,7 +17,10 @@ pub enum SpecError {
     #[error(transparent)]
     Selector(SelectorError),
     #[error("spec.resources.{field}: {message}")]
-    Quantity { field: &'static str, message: String },
+    Quantity {
+        field: &'static str,
+        message: String,
+    },
 }
 
 /// Validates a workload's spec; the planner skips a workload that fails.
@@ -28,7 +31,9 @@ pub fn validate(w: &WasmWorkload) -> Result<(), SpecError> {
     }
     match (spec.placement.mode, spec.placement.replicas) {
         (PlacementMode::Count, None) => return Err(SpecError::ReplicasRequired),
-        (PlacementMode::PerDevice | PlacementMode::PerNode, Some(_)) => return Err(SpecError::ReplicasNotAllowed),
+        (PlacementMode::PerDevice | PlacementMode::PerNode, Some(_)) => {
+            return Err(SpecError::ReplicasNotAllowed);
+        }
         _ => {}
     }
     match &spec.device_selector {
@@ -54,7 +59,10 @@ impl Resources {
             .as_deref()
             .map(|q| parse_quantity(q, 1).map(|v| v as u64))
             .transpose()
-            .map_err(|message| SpecError::Quantity { field: "memory", message })
+            .map_err(|message| SpecError::Quantity {
+                field: "memory",
+                message,
+            })
     }
 
     /// The CPU limit in millicores (`500m` → 500, `2` → 2000).
@@ -63,16 +71,23 @@ impl Resources {
             .as_deref()
             .map(|q| parse_quantity(q, 1000).map(|v| v.ceil() as u64))
             .transpose()
-            .map_err(|message| SpecError::Quantity { field: "cpu", message })
+            .map_err(|message| SpecError::Quantity {
+                field: "cpu",
+                message,
+            })
     }
 }
 
 /// Parses a Kubernetes quantity (`64Mi`, `1.5G`, `500m`, `2`), scaled by `unit` (1000 for millicores).
 pub fn parse_quantity(q: &str, unit: u64) -> Result<f64, String> {
     let q = q.trim();
-    let split = q.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(q.len());
+    let split = q
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(q.len());
     let (number, suffix) = q.split_at(split);
-    let value: f64 = number.parse().map_err(|_| format!("{q:?} is not a quantity such as 64Mi or 500m"))?;
+    let value: f64 = number
+        .parse()
+        .map_err(|_| format!("{q:?} is not a quantity such as 64Mi or 500m"))?;
     let factor: f64 = match suffix {
         "" => 1.0,
         "m" => 0.001,
@@ -95,13 +110,29 @@ mod tests {
 
     #[test]
     fn quantities() {
-        let r = Resources { memory: Some("64Mi".into()), cpu: Some("250m".into()), timeout_seconds: None };
+        let r = Resources {
+            memory: Some("64Mi".into()),
+            cpu: Some("250m".into()),
+            timeout_seconds: None,
+        };
         assert_eq!(r.memory_bytes().unwrap(), Some(64 * 1024 * 1024));
         assert_eq!(r.cpu_millis().unwrap(), Some(250));
-        let r = Resources { memory: Some("1G".into()), cpu: Some("2".into()), timeout_seconds: None };
+        let r = Resources {
+            memory: Some("1G".into()),
+            cpu: Some("2".into()),
+            timeout_seconds: None,
+        };
         assert_eq!(r.memory_bytes().unwrap(), Some(1_000_000_000));
         assert_eq!(r.cpu_millis().unwrap(), Some(2000));
-        let bad = Resources { memory: Some("64 bananas".into()), ..Default::default() };
-        assert!(bad.memory_bytes().unwrap_err().to_string().contains("spec.resources.memory"));
+        let bad = Resources {
+            memory: Some("64 bananas".into()),
+            ..Default::default()
+        };
+        assert!(
+            bad.memory_bytes()
+                .unwrap_err()
+                .to_string()
+                .contains("spec.resources.memory")
+        );
     }
 }

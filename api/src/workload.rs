@@ -95,7 +95,20 @@ pub struct PlacementSpec {
 /// `perDevice`: one instance per matching device. `perNode`: one instance per node that has matching
 /// devices, granted all of them. `count`: a fixed number of instances, each bound to a matching device
 /// when a selector is given.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, JsonSchema)]
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Serialize,
+    Deserialize,
+    JsonSchema,
+)]
 #[serde(rename_all = "camelCase")]
 pub enum PlacementMode {
     #[default]
