@@ -355,3 +355,78 @@ fn host_exec_enters_a_mount_namespace_and_runs_the_command() {
     );
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "entered");
 }
+
+/// containerd's merged view of a config file, as the daemon would load it.
+fn containerd_dump(config: &Path) -> String {
+    let out = Command::new("containerd")
+        .arg("--config")
+        .arg(config)
+        .args(["config", "dump"])
+        .output()
+        .unwrap_or_else(|err| {
+            panic!("running containerd ({err}); install it: apt-get install containerd")
+        });
+    assert!(
+        out.status.success(),
+        "containerd rejected {}: {}",
+        config.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+#[test]
+fn containerd_1_6_loads_the_edited_configs() {
+    let v1 = tempfile::tempdir().unwrap();
+    let v1_config = v1.path().join("config.toml");
+    fs::write(
+        &v1_config,
+        "[plugins.cri]\n  sandbox_image = \"registry.k8s.io/pause:3.9\"\n",
+    )
+    .unwrap();
+    let (_a, debian) = scratch("containerd-debian.toml");
+    let (_b, kubeadm) = scratch("containerd-kubeadm.toml");
+    let (_c, k3s) = scratch("k3s-custom");
+
+    for (flavor, path) in [
+        ("containerd", &v1_config),
+        ("containerd", &debian),
+        ("containerd", &kubeadm),
+        ("k3s", &k3s),
+    ] {
+        assert_eq!(configure(flavor, path).code, 3);
+    }
+    // What k3s does at start: render the template with its base config in place of the action.
+    let rendered = k3s.join("rendered.toml");
+    let template = fs::read_to_string(k3s.join("config.toml.tmpl")).unwrap();
+    let generated = fs::read_to_string(k3s.join("config.toml")).unwrap();
+    fs::write(
+        &rendered,
+        template.replace("{{ template \"base\" . }}", &generated),
+    )
+    .unwrap();
+
+    for config in [&v1_config, &debian, &kubeadm, &rendered] {
+        let dump = containerd_dump(config);
+        let section = dump
+            .split("[plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.edgewasm]")
+            .nth(1)
+            .unwrap_or_else(|| {
+                panic!(
+                    "containerd does not see the runtime in {}:\n{dump}",
+                    config.display()
+                )
+            });
+        let section = section.split("\n\n").next().unwrap();
+        assert!(
+            section.contains("runtime_type = \"io.containerd.edgewasm.v1\""),
+            "{section}"
+        );
+        assert!(
+            section.contains("pod_annotations = [\"edgewasm.io/*\"]"),
+            "{section}"
+        );
+    }
+    assert!(containerd_dump(&kubeadm).contains("SystemdCgroup = true"));
+    assert!(containerd_dump(&rendered).contains("runtimes.spin]"));
+}
