@@ -169,7 +169,7 @@ pub fn plan(workloads: &[WasmWorkload], devices: &[Device], opts: PlanOptions) -
                     let id = if w.spec.placement.mode == PlacementMode::PerDevice {
                         d.metadata.name.clone().unwrap_or_default()
                     } else {
-                        node_for(d, &key, &node_key(d, &key), &held).unwrap_or_default()
+                        node_for(d, &key, &node_key(d, &key), None, &held).unwrap_or_default()
                     };
                     let existing = held_by(&held, &key, d);
                     claims.push(Claim {
@@ -316,7 +316,11 @@ fn emit(
     node: Option<String>,
     held: &Held<'_>,
 ) {
-    let node = node.or_else(|| devices.first().and_then(|d| node_for(d, key, &id, held)));
+    let node = node.or_else(|| {
+        devices
+            .first()
+            .and_then(|d| node_for(d, key, &id, Some(&id), held))
+    });
     let placement = Placement {
         workload: key.to_owned(),
         devices: devices
@@ -406,10 +410,19 @@ fn node_key(d: &Device, key: &str) -> String {
 /// The node a placement on `d` runs on: where it already runs if the device is still reachable there (or
 /// absent within grace), else the node that ranks first by rendezvous hashing, which spreads placements
 /// over a multi-node device's nodes and moves as few as possible when the set changes.
-fn node_for(d: &Device, key: &str, id: &str, held: &Held<'_>) -> Option<String> {
+///
+/// `held_id` names the placement whose previous node counts; `None` takes any placement of the workload
+/// on this device (`perNode`, where a device belongs to one placement whose id is the node itself).
+fn node_for(
+    d: &Device,
+    key: &str,
+    id: &str,
+    held_id: Option<&str>,
+    held: &Held<'_>,
+) -> Option<String> {
     let previous = held
         .iter()
-        .filter(|((w, _), _)| w == key)
+        .filter(|((w, p), _)| w == key && held_id.is_none_or(|h| h == p))
         .flat_map(|(_, v)| v.iter())
         .filter(|(hd, _)| std::ptr::eq(*hd, d))
         .find_map(|(_, node)| node.clone());
