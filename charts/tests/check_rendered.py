@@ -201,21 +201,26 @@ def check_agent(objects, values, namespace):
     if config_map:
         config = yaml.safe_load(config_map["data"]["agent.yaml"])
         handlers = values["agent"]["handlers"]
-        for name in ("udev", "onvif", "opcua", "static"):
-            check(config["handlers"][name]["enabled"] == handlers[name]["enabled"], f"agent config {name}.enabled")
-        check(config["handlers"]["udev"]["subsystems"] == handlers["udev"]["subsystems"], "udev subsystems")
-        check(config["handlers"]["opcua"]["discoveryUrls"] == handlers["opcua"]["discoveryUrls"], "opcua urls")
+        rendered = config["handlers"]
+        # The agent rejects unknown keys: chart-only settings must not leak into its file.
+        chart_only = {"onvif": {"credentialsSecret", "credentialsKey"}, "static": {"devices"}}
+        for name in ("udev", "onvif", "opcua"):
+            expected = {k: v for k, v in handlers[name].items() if k not in chart_only.get(name, set())}
+            got = {k: v for k, v in rendered[name].items() if k != "credentialsFile"}
+            check(got == expected, f"agent config {name} is {got}, values say {expected}")
+        check(("static" in rendered) == handlers["static"]["enabled"],
+              "the static handler (whose file is required) is rendered iff enabled")
         secret = handlers["onvif"]["credentialsSecret"]
         secret_volumes = [v for v in pod["volumes"] if "secret" in v]
         if secret:
             path = f"/etc/edgewasm/onvif/{handlers['onvif']['credentialsKey']}"
-            check(config["handlers"]["onvif"].get("credentialsFile") == path, "onvif credentialsFile")
+            check(rendered["onvif"].get("credentialsFile") == path, "onvif credentialsFile")
             check([v["secret"]["secretName"] for v in secret_volumes] == [secret], "onvif secret volume")
             check(mounts.get("/etc/edgewasm/onvif", {}).get("readOnly") is True, "onvif secret mount")
         else:
             check(not secret_volumes, "a Secret is mounted without credentialsSecret")
         if handlers["static"]["enabled"]:
-            check(config["handlers"]["static"]["file"] == "/etc/edgewasm/static-devices.yaml", "static file")
+            check(rendered["static"]["file"] == "/etc/edgewasm/static-devices.yaml", "static file")
             static = yaml.safe_load(config_map["data"]["static-devices.yaml"])
             check(static["devices"] == handlers["static"]["devices"], "static devices")
     check(not [o for o in objects if o["kind"] == "Secret"], "the chart renders a Secret")
