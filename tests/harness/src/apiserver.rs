@@ -77,6 +77,7 @@ impl CrdApiServer {
             .prefix("edgewasm-apiserver-")
             .tempdir()
             .context("creating the apiserver data dir")?;
+        crate::process::claim_temp_dir(dir.path(), "edgewasm-apiserver-");
         let http = reqwest::Client::builder()
             .danger_accept_invalid_certs(true)
             .timeout(Duration::from_secs(3))

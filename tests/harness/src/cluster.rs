@@ -83,6 +83,7 @@ impl Cluster {
             .prefix("edgewasm-cluster-")
             .tempdir()
             .context("creating the cluster dir")?;
+        crate::process::claim_temp_dir(dir.path(), "edgewasm-cluster-");
         write_kubeconfig(&dir.path().join("kubeconfig"), &proxy.url(), false)?;
         let servers = Arc::new(Servers {
             apiserver: Mutex::new(apiserver),

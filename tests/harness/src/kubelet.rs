@@ -211,6 +211,8 @@ struct PodRun {
     start_time: String,
     /// When to try the sandbox again after a failure.
     retry_at: Option<Instant>,
+    /// When this kubelet first saw the pod (condition times before the sandbox runs).
+    seen_at: String,
 }
 
 struct Syncer {
@@ -381,7 +383,12 @@ impl Syncer {
                 namespace: ns.clone(),
                 attempt: 0,
             }),
-            hostname: name.clone(),
+            // Host-network sandboxes share the host's UTS namespace: no hostname of their own.
+            hostname: if network == cri::NamespaceMode::Node {
+                String::new()
+            } else {
+                name.clone()
+            },
             log_directory: log_dir.display().to_string(),
             labels,
             annotations,
@@ -660,7 +667,15 @@ impl Syncer {
             let mut current_state = json!({"waiting": {"reason": "ContainerCreating"}});
             let mut container_id = Value::Null;
             if let Some(s) = state {
-                if let Some(id) = &s.id {
+                if s.done {
+                    current_state =
+                        json!({"terminated": s.last_terminated.clone().unwrap_or(Value::Null)});
+                    container_id = s
+                        .last_terminated
+                        .as_ref()
+                        .and_then(|t| t.get("containerID").cloned())
+                        .unwrap_or(Value::Null);
+                } else if let Some(id) = &s.id {
                     let status = self
                         .runtime
                         .clone()
@@ -672,17 +687,12 @@ impl Syncer {
                         .ok()
                         .and_then(|r| r.into_inner().status);
                     container_id = json!(format!("containerd://{id}"));
-                    if let Some(st) = status {
+                    // An exit not yet handled by sync_containers shows up on the next pass.
+                    if let Some(st) = status
+                        && st.state == cri::ContainerState::ContainerRunning as i32
+                    {
                         current_state = json!({"running": {"startedAt": rfc3339(st.started_at)}});
                     }
-                } else if s.done {
-                    current_state =
-                        json!({"terminated": s.last_terminated.clone().unwrap_or(Value::Null)});
-                    container_id = s
-                        .last_terminated
-                        .as_ref()
-                        .and_then(|t| t.get("containerID").cloned())
-                        .unwrap_or(Value::Null);
                 } else if let Some((reason, message)) = &s.waiting {
                     current_state = json!({"waiting": {"reason": reason, "message": message}});
                 }
@@ -732,9 +742,14 @@ impl Syncer {
             "Pending"
         };
         let ready = running == total;
+        let since = if run.start_time.is_empty() {
+            run.seen_at.clone()
+        } else {
+            run.start_time.clone()
+        };
         let cond = |t: &str, ok: bool| {
             json!({"type": t, "status": if ok { "True" } else { "False" }, "lastProbeTime": null,
-                   "lastTransitionTime": run.start_time})
+                   "lastTransitionTime": since})
         };
         let mut status = json!({
             "phase": phase,
@@ -798,6 +813,7 @@ impl PodRun {
             written: None,
             start_time: String::new(),
             retry_at: None,
+            seen_at: crate::core::now(),
         }
     }
 }

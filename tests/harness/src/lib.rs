@@ -14,7 +14,7 @@ pub mod apiserver;
 pub mod cluster;
 pub mod core;
 pub mod kubelet;
-mod process;
+pub mod process;
 pub mod proxy;
 
 pub use apiserver::{Binaries, CrdApiServer};

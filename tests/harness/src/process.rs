@@ -156,3 +156,30 @@ pub fn log_tail(path: &Path, lines: usize) -> String {
     let all: Vec<&str> = text.lines().collect();
     all[all.len().saturating_sub(lines)..].join("\n")
 }
+
+/// Marks `dir` as owned by this process, and removes the directories with `prefix` in the temp dir
+/// that earlier test processes left (a shared cluster is never dropped, so its directory stays).
+pub fn claim_temp_dir(dir: &Path, prefix: &str) {
+    let _ = std::fs::write(dir.join("owner.pid"), std::process::id().to_string());
+    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
+        return;
+    };
+    for entry in entries.filter_map(Result::ok) {
+        let path = entry.path();
+        let ours = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| n.starts_with(prefix));
+        if !ours || path == dir {
+            continue;
+        }
+        let owner: Option<i32> = std::fs::read_to_string(path.join("owner.pid"))
+            .ok()
+            .and_then(|p| p.trim().parse().ok());
+        if let Some(pid) = owner
+            && kill(Pid::from_raw(pid), None).is_err()
+        {
+            let _ = std::fs::remove_dir_all(&path);
+        }
+    }
+}

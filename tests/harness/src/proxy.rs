@@ -27,6 +27,7 @@ use crate::core::{self, CoreServer};
 #[derive(Debug)]
 struct Faults {
     fail_next: AtomicU32,
+    fail_status: std::sync::atomic::AtomicU16,
     delay_ms: AtomicU64,
     /// Bumped to end every open watch.
     drop_watches: watch::Sender<u64>,
@@ -70,6 +71,7 @@ impl Proxy {
                 http,
                 faults: Faults {
                     fail_next: AtomicU32::new(0),
+                    fail_status: std::sync::atomic::AtomicU16::new(500),
                     delay_ms: AtomicU64::new(0),
                     drop_watches: watch::channel(0).0,
                 },
@@ -121,9 +123,16 @@ impl Proxy {
         format!("http://{}", self.addr)
     }
 
-    /// The next `n` requests get `503 Service Unavailable`.
+    /// The next `n` requests get `500 Internal Server Error` (which kube-rs does not retry).
     pub fn fail_next(&self, n: u32) {
-        self.shared.faults.fail_next.store(n, Ordering::SeqCst);
+        self.fail_next_with(n, StatusCode::INTERNAL_SERVER_ERROR);
+    }
+
+    /// The next `n` requests get `status` (kube-rs' client retries 429, 503 and 504 by itself).
+    pub fn fail_next_with(&self, n: u32, status: StatusCode) {
+        let faults = &self.shared.faults;
+        faults.fail_status.store(status.as_u16(), Ordering::SeqCst);
+        faults.fail_next.store(n, Ordering::SeqCst);
     }
 
     /// Every request waits `delay` before it is served (zero to stop).
@@ -206,9 +215,11 @@ async fn route(shared: &Shared, req: Request<Incoming>) -> Response<Body> {
         .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
         .is_ok();
     if failing {
+        let code = StatusCode::from_u16(faults.fail_status.load(Ordering::SeqCst))
+            .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         return status_response(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "ServiceUnavailable",
+            code,
+            code.canonical_reason().unwrap_or("InternalError"),
             "injected fault: the server is currently unable to handle the request",
         );
     }

@@ -429,15 +429,15 @@ async fn faults_and_apiserver_outage() {
         .await
         .unwrap();
 
-    // Next N requests fail with 503.
+    // Next N requests fail with 500.
     cluster.proxy().fail_next(2);
     for _ in 0..2 {
         let err = cms
             .list(&ListParams::default())
             .await
-            .expect_err("injected 503");
+            .expect_err("injected 500");
         assert!(
-            matches!(err, kube::Error::Api(ref s) if s.code == 503),
+            matches!(err, kube::Error::Api(ref s) if s.code == 500),
             "{err}"
         );
     }
