@@ -12,7 +12,7 @@ pip_cmd() {
 }
 
 if ! command -v python3 >/dev/null 2>&1 || ! python3 -m pip --version >/dev/null 2>&1; then
-  apt-get install -y -q python3 python3-pip
+  apt-get update -q && apt-get install -y -q python3 python3-pip
 fi
 
 if ! [ -x "$HELM_BIN" ] || ! "$HELM_BIN" version --short 2>/dev/null | grep -q "^${HELM_VERSION}"; then
