@@ -10,7 +10,7 @@ use crate::process::{ChildGuard, free_port, log_tail, wait_until};
 
 const DEPS_HINT: &str =
     "run `make deps` (scripts/deps.d/harness.sh builds it from tests/apiserver)";
-const READY_TIMEOUT: Duration = Duration::from_secs(60);
+const READY_TIMEOUT: Duration = Duration::from_mins(1);
 
 /// Where the etcd and crd-apiserver binaries are.
 #[derive(Debug, Clone)]

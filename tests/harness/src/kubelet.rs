@@ -91,7 +91,7 @@ impl Kubelet {
             pods: HashMap::new(),
         };
         let task = tokio::spawn(async move {
-            state.run(stop_rx).await;
+            Box::pin(state.run(stop_rx)).await;
             let _ = done_tx.send(());
         });
         Ok(Self {
@@ -270,7 +270,7 @@ impl Syncer {
             }
             let uids: Vec<String> = self.pods.keys().cloned().collect();
             for uid in uids {
-                if let Err(e) = self.sync_pod(&uid).await {
+                if let Err(e) = Box::pin(self.sync_pod(&uid)).await {
                     tracing::warn!(error = format!("{e:#}"), uid, "test kubelet sync failed");
                 }
             }
@@ -330,9 +330,9 @@ impl Syncer {
             return Ok(());
         }
         if run.sandbox.is_none() && run.retry_at.is_none_or(|t| Instant::now() >= t) {
-            self.start_sandbox(uid).await?;
+            Box::pin(self.start_sandbox(uid)).await?;
         }
-        self.sync_containers(uid).await?;
+        Box::pin(self.sync_containers(uid)).await?;
         self.write_status(uid).await
     }
 
@@ -342,16 +342,13 @@ impl Syncer {
         let spec = run.pod.spec.clone().unwrap_or_default();
         let class = spec.runtime_class_name.clone().unwrap_or_default();
         let classes: Api<RuntimeClass> = Api::all(self.client.clone());
-        let handler = match classes.get_opt(&class).await? {
-            Some(rc) => rc.handler,
-            None => {
-                run.set_waiting(
-                    &spec,
-                    "RuntimeClassNotFound",
-                    &format!("RuntimeClass \"{class}\" not found"),
-                );
-                return Ok(());
-            }
+        let Some(handler) = classes.get_opt(&class).await?.map(|rc| rc.handler) else {
+            run.set_waiting(
+                &spec,
+                "RuntimeClassNotFound",
+                &format!("RuntimeClass \"{class}\" not found"),
+            );
+            return Ok(());
         };
         let log_dir = self
             .config
@@ -559,8 +556,7 @@ impl Syncer {
                     verbose: false,
                 })
                 .await
-                .map(|r| r.into_inner().image.is_some())
-                .unwrap_or(false);
+                .is_ok_and(|r| r.into_inner().image.is_some());
             if !present {
                 let pulled = self
                     .images

@@ -12,10 +12,8 @@
 
 pub mod apiserver;
 pub mod cluster;
-pub mod containerd;
 pub mod core;
 pub mod kubelet;
-pub mod oci;
 pub mod process;
 pub mod proxy;
 

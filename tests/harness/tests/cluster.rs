@@ -70,12 +70,10 @@ fn widget(name: &str, size: i64) -> serde_json::Value {
 async fn repo_crds_apply_when_present() {
     let cluster = cluster().await;
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../crds");
-    let has_crds = std::fs::read_dir(&dir)
-        .map(|d| {
-            d.filter_map(Result::ok)
-                .any(|e| e.path().extension().is_some_and(|x| x == "yaml"))
-        })
-        .unwrap_or(false);
+    let has_crds = std::fs::read_dir(&dir).is_ok_and(|d| {
+        d.filter_map(Result::ok)
+            .any(|e| e.path().extension().is_some_and(|x| x == "yaml"))
+    });
     let names = if has_crds {
         cluster.apply_crds(&dir).await.expect("applying crds/")
     } else {
@@ -212,7 +210,7 @@ async fn core_pods_crud_selectors_and_watch() {
         while let Some(event) = rx.recv().await {
             match event.expect("watch event") {
                 watcher::Event::Apply(p) | watcher::Event::InitApply(p) => {
-                    names.push(p.metadata.name.unwrap())
+                    names.push(p.metadata.name.unwrap());
                 }
                 watcher::Event::Delete(p) => {
                     names.push(format!("deleted {}", p.metadata.name.unwrap()));

@@ -602,13 +602,12 @@ fn patch_object(
         let old = tx.get(key).cloned();
         if content_type.starts_with("application/apply-patch") {
             let manager = manager.ok_or_else(|| ApiError::bad_request("PatchOptions.meta.k8s.io \"\" is invalid: fieldManager: Required value: is required for apply patch"))?;
-            let base = match &old {
-                Some(o) => o.clone(),
-                None => {
-                    let mut skeleton = json!({"metadata": {"name": key.2}});
-                    init_object(key.0, &key.1, &mut skeleton)?;
-                    skeleton
-                }
+            let base = if let Some(o) = &old {
+                o.clone()
+            } else {
+                let mut skeleton = json!({"metadata": {"name": key.2}});
+                init_object(key.0, &key.1, &mut skeleton)?;
+                skeleton
             };
             if let Some(o) = &old {
                 check_rv(res, &key.2, o, patch)?;
@@ -873,10 +872,12 @@ fn visible_event<'e>(
     let before = e.old.as_ref().is_some_and(|o| visible(o, labels, fields));
     match (e.kind, before, now) {
         (EventType::Modified, true, true) => Some(("MODIFIED", &e.object)),
-        (EventType::Modified, false, true) => Some(("ADDED", &e.object)),
-        (EventType::Modified, true, false) => Some(("DELETED", &e.object)),
-        (EventType::Added, _, true) => Some(("ADDED", &e.object)),
-        (EventType::Deleted, _, true) => Some(("DELETED", &e.object)),
+        (EventType::Modified, false, true) | (EventType::Added, _, true) => {
+            Some(("ADDED", &e.object))
+        }
+        (EventType::Modified, true, false) | (EventType::Deleted, _, true) => {
+            Some(("DELETED", &e.object))
+        }
         _ => None,
     }
 }
