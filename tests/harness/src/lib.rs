@@ -12,8 +12,10 @@
 
 pub mod apiserver;
 pub mod cluster;
+pub mod containerd;
 pub mod core;
 pub mod kubelet;
+pub mod oci;
 pub mod process;
 pub mod proxy;
 
