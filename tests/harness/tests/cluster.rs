@@ -93,9 +93,12 @@ async fn crd_ssa_status_watch_and_validation() {
     let watch = tokio::spawn({
         let api = api.clone();
         async move {
-            let mut events = watcher(api, watcher::Config::default()).boxed();
-            while let Some(Ok(event)) = events.next().await {
-                if let watcher::Event::Apply(o) = event {
+            let mut events = watcher(api, watcher::Config::default())
+                .default_backoff()
+                .boxed();
+            // Errors (the new CRD's endpoint may lag its Established condition) are retried.
+            while let Some(event) = events.next().await {
+                if let Ok(watcher::Event::Apply(o) | watcher::Event::InitApply(o)) = event {
                     let _ = tx.send(o);
                 }
             }
