@@ -99,6 +99,37 @@ for values in "$here"/values/*.yaml; do
   python3 "$here/check_rendered.py" "$out" "$chart/values.yaml" "$values" "$namespace"
 done
 
+step "the agent itself accepts every rendered agent.yaml"
+# The agent parses its config before it connects to the API server: a config error shows as
+# "agent config", and failing at the Kubernetes client (no cluster here) means the file was accepted.
+agent_bin="${CARGO_TARGET_DIR:-$repo/target}/debug/edgewasm-agent"
+if [[ ! -x "$agent_bin" ]]; then
+  (cd "$repo" && cargo build -q -p edgewasm-discovery-agent --bin edgewasm-agent) || die "cannot build edgewasm-agent"
+fi
+for values in "$here"/values/*.yaml; do
+  out="$work/$(basename "$values")"
+  python3 - "$out" "$work/agent" <<'PY'
+import os, sys, yaml
+for doc in yaml.safe_load_all(open(sys.argv[1])):
+    if doc and doc["kind"] == "ConfigMap" and doc["metadata"]["labels"].get("app.kubernetes.io/component") == "agent":
+        os.makedirs(sys.argv[2], exist_ok=True)
+        for key, text in doc["data"].items():
+            open(os.path.join(sys.argv[2], key), "w").write(text)
+PY
+  [[ -f "$work/agent/agent.yaml" ]] || continue
+  set +e
+  agent_err="$(cd "$work" && NODE_NAME=test-node KUBECONFIG="$work/no-kubeconfig" HOME="$work" \
+    timeout 20 "$agent_bin" --config "$work/agent/agent.yaml" --metrics-addr 127.0.0.1:0 2>&1 >/dev/null)"
+  set -e
+  if grep -q "agent config" <<<"$agent_err"; then
+    die "$(basename "$values"): edgewasm-agent rejects the rendered agent.yaml: $agent_err"
+  fi
+  grep -q "Kubernetes client" <<<"$agent_err" \
+    || die "$(basename "$values"): edgewasm-agent stopped before reaching the API client: $agent_err"
+  rm -rf "$work/agent"
+done
+echo "ok   edgewasm-agent parses the agent.yaml of every value set"
+
 step "the checker catches a widened agent role and a writable /dev"
 python3 - "$work/default.yaml" "$work/broken.yaml" <<'PY'
 import sys, yaml
