@@ -1,0 +1,151 @@
+//! One container of the shim: a Wasm instance (or a pod's placeholder sandbox) and its lifecycle
+//! created → running → stopped, with the exit status everyone waits for.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use edgewasm_runtime::{ExitReason, ExitStatus, Instance, InstanceSpec, Program};
+use tokio::sync::watch;
+
+/// Lifecycle state, as containerd's Task API reports it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Phase {
+    Created,
+    Running,
+    Stopped,
+}
+
+/// How a container ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Exit {
+    pub code: u32,
+    pub at: SystemTime,
+    pub out_of_memory: bool,
+    pub message: Option<String>,
+}
+
+impl Exit {
+    pub fn now(code: u32, message: Option<String>) -> Self {
+        Self {
+            code,
+            at: SystemTime::now(),
+            out_of_memory: false,
+            message,
+        }
+    }
+
+    pub fn from_status(status: &ExitStatus) -> Self {
+        Self {
+            code: status.code as u32,
+            at: SystemTime::now(),
+            out_of_memory: status.reason == ExitReason::OutOfMemory,
+            message: status.message.clone(),
+        }
+    }
+}
+
+/// What runs in the container.
+pub enum Workload {
+    /// A pod's sandbox: no process, only a placeholder holding the pod's network namespace path.
+    Sandbox,
+    /// A Wasm program, started by `start`.
+    Wasm {
+        program: Arc<Program>,
+        spec: InstanceSpec,
+        instance: Option<Instance>,
+    },
+}
+
+/// One container the shim serves.
+pub struct Container {
+    pub id: String,
+    pub bundle: PathBuf,
+    pub stdin: String,
+    pub stdout: String,
+    pub stderr: String,
+    pub sandbox_id: Option<String>,
+    pub netns: Option<PathBuf>,
+    pub workload: Workload,
+    phase: Phase,
+    exit_tx: watch::Sender<Option<Exit>>,
+}
+
+impl Container {
+    pub fn new(id: String, bundle: PathBuf, workload: Workload) -> Self {
+        Self {
+            id,
+            bundle,
+            stdin: String::new(),
+            stdout: String::new(),
+            stderr: String::new(),
+            sandbox_id: None,
+            netns: None,
+            workload,
+            phase: Phase::Created,
+            exit_tx: watch::channel(None).0,
+        }
+    }
+
+    pub fn phase(&self) -> Phase {
+        self.phase
+    }
+
+    pub fn exit(&self) -> Option<Exit> {
+        self.exit_tx.borrow().clone()
+    }
+
+    /// A receiver that sees the exit once it happens.
+    pub fn exit_watch(&self) -> watch::Receiver<Option<Exit>> {
+        self.exit_tx.subscribe()
+    }
+
+    pub fn set_running(&mut self) {
+        self.phase = Phase::Running;
+    }
+
+    /// Records the exit (only the first one counts); returns whether this call recorded it.
+    pub fn finish(&mut self, exit: Exit) -> bool {
+        if self.phase == Phase::Stopped {
+            return false;
+        }
+        self.phase = Phase::Stopped;
+        self.exit_tx.send_replace(Some(exit));
+        true
+    }
+
+    pub fn is_sandbox(&self) -> bool {
+        matches!(self.workload, Workload::Sandbox)
+    }
+}
+
+/// The exit code a placeholder sandbox reports for `signal`: like pause, a clean stop on TERM/INT.
+pub fn sandbox_exit_code(signal: u32) -> u32 {
+    match signal {
+        2 | 15 => 0,
+        s => 128 + s,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn first_exit_wins() {
+        let mut c = Container::new("a".into(), PathBuf::new(), Workload::Sandbox);
+        let rx = c.exit_watch();
+        assert_eq!(c.phase(), Phase::Created);
+        c.set_running();
+        assert!(c.finish(Exit::now(0, None)));
+        assert!(!c.finish(Exit::now(137, None)));
+        assert_eq!(c.phase(), Phase::Stopped);
+        assert_eq!(rx.borrow().as_ref().map(|e| e.code), Some(0));
+    }
+
+    #[test]
+    fn sandbox_stops_like_pause() {
+        assert_eq!(sandbox_exit_code(15), 0);
+        assert_eq!(sandbox_exit_code(9), 137);
+    }
+}

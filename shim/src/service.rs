@@ -1,0 +1,674 @@
+//! containerd's Task API over the containers of this shim process: a thin adapter from ttrpc
+//! requests to [`Container`]s and the shared wasmtime [`Host`], publishing task events.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use containerd_shim::api::{self as api, Status};
+use containerd_shim::asynchronous::ExitSignal;
+use containerd_shim::protos::events::task::{
+    TaskCreate, TaskDelete, TaskExit, TaskIO, TaskOOM, TaskStart,
+};
+use containerd_shim::protos::protobuf::{
+    MessageDyn, MessageField, well_known_types::timestamp::Timestamp,
+};
+use containerd_shim::protos::topics;
+use containerd_shim::protos::ttrpc::{self, Code};
+use containerd_shim::publisher::RemotePublisher;
+use containerd_shim::{Context, Task, TtrpcContext, TtrpcResult};
+use edgewasm_runtime::{Host, HostConfig, InstanceSpec, Stdio};
+use tokio::sync::OnceCell;
+
+use crate::bundle::{BundleSpec, RootfsMount, find_program};
+use crate::container::{Container, Exit, Phase, Workload, sandbox_exit_code};
+
+/// The Task service of one shim process; serves every container containerd routes to it.
+#[derive(Clone)]
+pub struct Service {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    namespace: String,
+    host: OnceCell<Arc<Host>>,
+    containers: Mutex<HashMap<String, Container>>,
+    publisher: RemotePublisher,
+    exit: Arc<ExitSignal>,
+    pid: u32,
+}
+
+fn status(code: Code, message: impl Into<String>) -> ttrpc::Error {
+    ttrpc::Error::RpcStatus(ttrpc::get_status(code, message.into()))
+}
+
+fn not_found(id: &str) -> ttrpc::Error {
+    status(
+        Code::NOT_FOUND,
+        format!("container {id} not found in this edgewasm shim"),
+    )
+}
+
+fn no_exec(exec_id: &str) -> TtrpcResult<()> {
+    if exec_id.is_empty() {
+        Ok(())
+    } else {
+        Err(status(
+            Code::UNIMPLEMENTED,
+            "edgewasm: exec is not supported (Wasm containers have one process)",
+        ))
+    }
+}
+
+fn timestamp(at: std::time::SystemTime) -> MessageField<Timestamp> {
+    MessageField::some(Timestamp::from(at))
+}
+
+impl Service {
+    pub fn new(namespace: &str, publisher: RemotePublisher, exit: Arc<ExitSignal>) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                namespace: namespace.to_owned(),
+                host: OnceCell::new(),
+                containers: Mutex::new(HashMap::new()),
+                publisher,
+                exit,
+                pid: std::process::id(),
+            }),
+        }
+    }
+
+    /// The process-wide host, created on first use (a shim started only to hand out an existing
+    /// socket never builds an engine).
+    async fn host(&self) -> TtrpcResult<Arc<Host>> {
+        self.inner
+            .host
+            .get_or_try_init(|| async {
+                let config = HostConfig {
+                    cache_dir: std::env::var_os("EDGEWASM_CACHE_DIR").map(PathBuf::from),
+                    ..HostConfig::default()
+                };
+                Host::new(config).map_err(|e| {
+                    status(
+                        Code::INTERNAL,
+                        format!("edgewasm: starting the Wasm engine: {e}"),
+                    )
+                })
+            })
+            .await
+            .cloned()
+    }
+
+    fn containers(&self) -> std::sync::MutexGuard<'_, HashMap<String, Container>> {
+        self.inner
+            .containers
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    async fn publish(&self, topic: &str, event: Box<dyn MessageDyn>) {
+        if let Err(e) = self
+            .inner
+            .publisher
+            .publish(Context::default(), topic, &self.inner.namespace, event)
+            .await
+        {
+            tracing::warn!(topic, error = %e, "publishing a task event failed");
+        }
+    }
+
+    async fn publish_exit(&self, id: &str, exit: &Exit) {
+        if exit.out_of_memory {
+            self.publish(
+                topics::TASK_OOM_EVENT_TOPIC,
+                Box::new(TaskOOM {
+                    container_id: id.to_owned(),
+                    ..Default::default()
+                }),
+            )
+            .await;
+        }
+        self.publish(
+            topics::TASK_EXIT_EVENT_TOPIC,
+            Box::new(TaskExit {
+                container_id: id.to_owned(),
+                id: id.to_owned(),
+                pid: self.inner.pid,
+                exit_status: exit.code,
+                exited_at: timestamp(exit.at),
+                ..Default::default()
+            }),
+        )
+        .await;
+    }
+
+    /// Records an exit and publishes it (once).
+    async fn finish(&self, id: &str, exit: Exit) {
+        let recorded = self
+            .containers()
+            .get_mut(id)
+            .is_some_and(|c| c.finish(exit.clone()));
+        if recorded {
+            tracing::info!(
+                container = id,
+                code = exit.code,
+                message = exit.message.as_deref(),
+                "exited"
+            );
+            self.publish_exit(id, &exit).await;
+        }
+    }
+
+    async fn create_container(&self, req: &api::CreateTaskRequest) -> TtrpcResult<Container> {
+        let bundle = PathBuf::from(&req.bundle);
+        let invalid = |e: &dyn std::fmt::Display| {
+            status(
+                Code::INVALID_ARGUMENT,
+                format!("edgewasm: container {}: {e}", req.id),
+            )
+        };
+        let spec = BundleSpec::read(&bundle).map_err(|e| invalid(&e))?;
+        if req.terminal || spec.terminal {
+            return Err(invalid(&crate::bundle::BundleError::Terminal));
+        }
+        let own_netns = format!("/proc/{}/ns/net", self.inner.pid);
+        let mut container = if spec.is_sandbox() {
+            let mut c = Container::new(req.id.clone(), bundle.clone(), Workload::Sandbox);
+            c.netns = spec
+                .netns
+                .clone()
+                .filter(|p| p.as_os_str() != own_netns.as_str());
+            c
+        } else {
+            let grants = spec.grants().map_err(|e| invalid(&e))?;
+            let args0 = spec
+                .args
+                .first()
+                .ok_or_else(|| invalid(&crate::bundle::BundleError::NoProgram))?;
+            let mounts: Vec<RootfsMount> = req
+                .rootfs
+                .iter()
+                .map(|m| RootfsMount {
+                    kind: m.type_.clone(),
+                    source: m.source.clone(),
+                    options: m.options.clone(),
+                })
+                .collect();
+            let wasm = find_program(args0, &mounts, &bundle).map_err(|e| invalid(&e))?;
+            let program = self
+                .host()
+                .await?
+                .load(&wasm)
+                .await
+                .map_err(|e| invalid(&e))?;
+            // CRI points a container at its sandbox's namespaces through the sandbox's pid, which
+            // here is this shim's own: take the pod's namespace from the sandbox we serve instead.
+            let pod_netns = spec.sandbox_id().and_then(|s| {
+                self.containers()
+                    .get(s)
+                    .map(|sandbox| sandbox.netns.clone())
+            });
+            let netns = match pod_netns {
+                Some(netns) => netns,
+                None => spec
+                    .netns
+                    .clone()
+                    .filter(|p| p.as_os_str() != own_netns.as_str()),
+            };
+            let path = |p: &str| (!p.is_empty()).then(|| PathBuf::from(p));
+            let instance = InstanceSpec {
+                id: req.id.clone(),
+                args: spec.args.clone(),
+                env: spec.env.clone(),
+                grants,
+                stdio: Stdio {
+                    stdin: path(&req.stdin),
+                    stdout: path(&req.stdout),
+                    stderr: path(&req.stderr),
+                },
+                limits: spec.limits,
+                netns: netns.clone(),
+                http_bind: None,
+            };
+            let mut c = Container::new(
+                req.id.clone(),
+                bundle.clone(),
+                Workload::Wasm {
+                    program,
+                    spec: instance,
+                    instance: None,
+                },
+            );
+            c.netns = netns;
+            c
+        };
+        container.stdin.clone_from(&req.stdin);
+        container.stdout.clone_from(&req.stdout);
+        container.stderr.clone_from(&req.stderr);
+        container.sandbox_id = spec.sandbox_id().map(str::to_owned);
+        Ok(container)
+    }
+
+    /// Watches a started instance and reports its exit; the guest's failure message also goes to its
+    /// stderr so `ctr` and `kubectl logs` show why it ended.
+    fn watch(&self, id: String, instance: edgewasm_runtime::Instance, stderr: String) {
+        let service = self.clone();
+        tokio::spawn(async move {
+            let status = instance.wait().await;
+            if let Some(message) = status.message.as_deref().filter(|_| !status.success()) {
+                write_to_fifo(Path::new(&stderr), &format!("edgewasm: {message}\n"));
+            }
+            service.finish(&id, Exit::from_status(&status)).await;
+        });
+    }
+}
+
+/// Best-effort write to a stdio fifo or file that may have no reader left (never blocks).
+fn write_to_fifo(path: &Path, text: &str) {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    if path.as_os_str().is_empty() {
+        return;
+    }
+    if let Ok(mut f) = std::fs::OpenOptions::new()
+        .append(true)
+        .custom_flags(nix::libc::O_NONBLOCK)
+        .open(path)
+    {
+        let _ = f.write_all(text.as_bytes());
+    }
+}
+
+fn state_status(phase: Phase) -> Status {
+    match phase {
+        Phase::Created => Status::CREATED,
+        Phase::Running => Status::RUNNING,
+        Phase::Stopped => Status::STOPPED,
+    }
+}
+
+#[async_trait::async_trait]
+impl Task for Service {
+    async fn create(
+        &self,
+        _ctx: &TtrpcContext,
+        req: api::CreateTaskRequest,
+    ) -> TtrpcResult<api::CreateTaskResponse> {
+        if self.containers().contains_key(&req.id) {
+            return Err(status(
+                Code::ALREADY_EXISTS,
+                format!("container {} already exists", req.id),
+            ));
+        }
+        let container = match self.create_container(&req).await {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(container = %req.id, error = %e, "create failed");
+                return Err(e);
+            }
+        };
+        self.containers().insert(req.id.clone(), container);
+        self.publish(
+            topics::TASK_CREATE_EVENT_TOPIC,
+            Box::new(TaskCreate {
+                container_id: req.id.clone(),
+                bundle: req.bundle.clone(),
+                rootfs: req.rootfs.clone(),
+                io: MessageField::some(TaskIO {
+                    stdin: req.stdin.clone(),
+                    stdout: req.stdout.clone(),
+                    stderr: req.stderr.clone(),
+                    terminal: req.terminal,
+                    ..Default::default()
+                }),
+                pid: self.inner.pid,
+                ..Default::default()
+            }),
+        )
+        .await;
+        Ok(api::CreateTaskResponse {
+            pid: self.inner.pid,
+            ..Default::default()
+        })
+    }
+
+    async fn start(
+        &self,
+        _ctx: &TtrpcContext,
+        req: api::StartRequest,
+    ) -> TtrpcResult<api::StartResponse> {
+        no_exec(&req.exec_id)?;
+        let (program, spec, stderr) = {
+            let mut containers = self.containers();
+            let c = containers
+                .get_mut(&req.id)
+                .ok_or_else(|| not_found(&req.id))?;
+            if c.phase() != Phase::Created {
+                return Err(status(
+                    Code::FAILED_PRECONDITION,
+                    format!("container {} was already started", req.id),
+                ));
+            }
+            match &c.workload {
+                Workload::Sandbox => {
+                    c.set_running();
+                    (None, None, String::new())
+                }
+                Workload::Wasm { program, spec, .. } => {
+                    (Some(program.clone()), Some(spec.clone()), c.stderr.clone())
+                }
+            }
+        };
+        if let (Some(program), Some(spec)) = (program, spec) {
+            let instance = match self.host().await?.start(program, spec).await {
+                Ok(i) => i,
+                Err(e) => {
+                    let message = format!("edgewasm: starting {}: {e}", req.id);
+                    write_to_fifo(Path::new(&stderr), &format!("{message}\n"));
+                    self.finish(&req.id, Exit::now(128, Some(message.clone())))
+                        .await;
+                    return Err(status(Code::FAILED_PRECONDITION, message));
+                }
+            };
+            {
+                let mut containers = self.containers();
+                let Some(c) = containers.get_mut(&req.id) else {
+                    instance.kill(9);
+                    return Err(not_found(&req.id));
+                };
+                if let Workload::Wasm { instance: slot, .. } = &mut c.workload {
+                    *slot = Some(instance.clone());
+                }
+                c.set_running();
+            }
+            self.publish(
+                topics::TASK_START_EVENT_TOPIC,
+                Box::new(TaskStart {
+                    container_id: req.id.clone(),
+                    pid: self.inner.pid,
+                    ..Default::default()
+                }),
+            )
+            .await;
+            self.watch(req.id.clone(), instance, stderr);
+        } else {
+            self.publish(
+                topics::TASK_START_EVENT_TOPIC,
+                Box::new(TaskStart {
+                    container_id: req.id.clone(),
+                    pid: self.inner.pid,
+                    ..Default::default()
+                }),
+            )
+            .await;
+        }
+        tracing::info!(container = %req.id, "started");
+        Ok(api::StartResponse {
+            pid: self.inner.pid,
+            ..Default::default()
+        })
+    }
+
+    async fn state(
+        &self,
+        _ctx: &TtrpcContext,
+        req: api::StateRequest,
+    ) -> TtrpcResult<api::StateResponse> {
+        no_exec(&req.exec_id)?;
+        let containers = self.containers();
+        let c = containers.get(&req.id).ok_or_else(|| not_found(&req.id))?;
+        let exit = c.exit();
+        Ok(api::StateResponse {
+            id: c.id.clone(),
+            bundle: c.bundle.display().to_string(),
+            pid: self.inner.pid,
+            status: state_status(c.phase()).into(),
+            stdin: c.stdin.clone(),
+            stdout: c.stdout.clone(),
+            stderr: c.stderr.clone(),
+            exit_status: exit.as_ref().map_or(0, |e| e.code),
+            exited_at: exit.map_or_else(MessageField::none, |e| timestamp(e.at)),
+            ..Default::default()
+        })
+    }
+
+    async fn kill(&self, _ctx: &TtrpcContext, req: api::KillRequest) -> TtrpcResult<api::Empty> {
+        no_exec(&req.exec_id)?;
+        let finish_now = {
+            let containers = self.containers();
+            let c = containers.get(&req.id).ok_or_else(|| not_found(&req.id))?;
+            if req.signal == 0 {
+                return if c.phase() == Phase::Stopped {
+                    Err(status(Code::NOT_FOUND, "process already finished"))
+                } else {
+                    Ok(api::Empty::default())
+                };
+            }
+            match (&c.workload, c.phase()) {
+                (_, Phase::Stopped) => {
+                    return Err(status(Code::NOT_FOUND, "process already finished"));
+                }
+                (Workload::Sandbox, _) => Some(sandbox_exit_code(req.signal)),
+                (
+                    Workload::Wasm {
+                        instance: Some(i), ..
+                    },
+                    _,
+                ) => {
+                    i.kill(req.signal as i32);
+                    None
+                }
+                (Workload::Wasm { instance: None, .. }, _) => Some(128 + req.signal),
+            }
+        };
+        if let Some(code) = finish_now {
+            self.finish(&req.id, Exit::now(code, None)).await;
+        }
+        Ok(api::Empty::default())
+    }
+
+    async fn wait(
+        &self,
+        _ctx: &TtrpcContext,
+        req: api::WaitRequest,
+    ) -> TtrpcResult<api::WaitResponse> {
+        no_exec(&req.exec_id)?;
+        let mut rx = self
+            .containers()
+            .get(&req.id)
+            .map(Container::exit_watch)
+            .ok_or_else(|| not_found(&req.id))?;
+        let exit = rx
+            .wait_for(Option::is_some)
+            .await
+            .map_err(|_| not_found(&req.id))?
+            .clone()
+            .expect("waited for Some");
+        Ok(api::WaitResponse {
+            exit_status: exit.code,
+            exited_at: timestamp(exit.at),
+            ..Default::default()
+        })
+    }
+
+    async fn delete(
+        &self,
+        _ctx: &TtrpcContext,
+        req: api::DeleteRequest,
+    ) -> TtrpcResult<api::DeleteResponse> {
+        no_exec(&req.exec_id)?;
+        let exit = {
+            let mut containers = self.containers();
+            let c = containers.get(&req.id).ok_or_else(|| not_found(&req.id))?;
+            if c.phase() == Phase::Running {
+                return Err(status(
+                    Code::FAILED_PRECONDITION,
+                    format!("container {} is running; kill it first", req.id),
+                ));
+            }
+            let exit = c.exit().unwrap_or_else(|| Exit::now(0, None));
+            containers.remove(&req.id);
+            exit
+        };
+        self.publish(
+            topics::TASK_DELETE_EVENT_TOPIC,
+            Box::new(TaskDelete {
+                container_id: req.id.clone(),
+                id: req.id.clone(),
+                pid: self.inner.pid,
+                exit_status: exit.code,
+                exited_at: timestamp(exit.at),
+                ..Default::default()
+            }),
+        )
+        .await;
+        tracing::info!(container = %req.id, "deleted");
+        Ok(api::DeleteResponse {
+            pid: self.inner.pid,
+            exit_status: exit.code,
+            exited_at: timestamp(exit.at),
+            ..Default::default()
+        })
+    }
+
+    async fn pids(
+        &self,
+        _ctx: &TtrpcContext,
+        req: api::PidsRequest,
+    ) -> TtrpcResult<api::PidsResponse> {
+        if !self.containers().contains_key(&req.id) {
+            return Err(not_found(&req.id));
+        }
+        Ok(api::PidsResponse {
+            processes: vec![containerd_shim::protos::types::task::ProcessInfo {
+                pid: self.inner.pid,
+                ..Default::default()
+            }],
+            ..Default::default()
+        })
+    }
+
+    async fn stats(
+        &self,
+        _ctx: &TtrpcContext,
+        req: api::StatsRequest,
+    ) -> TtrpcResult<api::StatsResponse> {
+        use containerd_shim::protos::cgroups::metrics::{
+            CPUStat, CPUUsage, MemoryEntry, MemoryStat, Metrics,
+        };
+        let (stats, limit) = {
+            let containers = self.containers();
+            let c = containers.get(&req.id).ok_or_else(|| not_found(&req.id))?;
+            match &c.workload {
+                Workload::Wasm { instance, spec, .. } => (
+                    instance
+                        .as_ref()
+                        .map(edgewasm_runtime::Instance::stats)
+                        .unwrap_or_default(),
+                    spec.limits.memory_bytes.unwrap_or(0),
+                ),
+                Workload::Sandbox => (edgewasm_runtime::InstanceStats::default(), 0),
+            }
+        };
+        let metrics = Metrics {
+            memory: MessageField::some(MemoryStat {
+                usage: MessageField::some(MemoryEntry {
+                    usage: stats.memory_bytes,
+                    limit,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            cpu: MessageField::some(CPUStat {
+                usage: MessageField::some(CPUUsage {
+                    total: stats.cpu_time.as_nanos() as u64,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let any = containerd_shim::util::convert_to_any(Box::new(metrics))
+            .map_err(|e| status(Code::INTERNAL, format!("encoding stats: {e}")))?;
+        Ok(api::StatsResponse {
+            stats: MessageField::some(any),
+            ..Default::default()
+        })
+    }
+
+    async fn connect(
+        &self,
+        _ctx: &TtrpcContext,
+        _req: api::ConnectRequest,
+    ) -> TtrpcResult<api::ConnectResponse> {
+        Ok(api::ConnectResponse {
+            shim_pid: self.inner.pid,
+            task_pid: self.inner.pid,
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            ..Default::default()
+        })
+    }
+
+    async fn shutdown(
+        &self,
+        _ctx: &TtrpcContext,
+        _req: api::ShutdownRequest,
+    ) -> TtrpcResult<api::Empty> {
+        // containerd asks every time one of its tasks is deleted; the shim is shared, so it exits only
+        // when no container is left.
+        if self.containers().is_empty() {
+            tracing::info!("no containers left; shutting down");
+            self.inner.exit.signal();
+        }
+        Ok(api::Empty::default())
+    }
+
+    async fn close_io(
+        &self,
+        _ctx: &TtrpcContext,
+        _req: api::CloseIORequest,
+    ) -> TtrpcResult<api::Empty> {
+        // stdin end-of-file reaches the guest through the fifo itself.
+        Ok(api::Empty::default())
+    }
+
+    async fn exec(
+        &self,
+        _ctx: &TtrpcContext,
+        _req: api::ExecProcessRequest,
+    ) -> TtrpcResult<api::Empty> {
+        Err(status(
+            Code::UNIMPLEMENTED,
+            "edgewasm: exec is not supported (Wasm containers have one process)",
+        ))
+    }
+
+    async fn checkpoint(
+        &self,
+        _ctx: &TtrpcContext,
+        _req: api::CheckpointTaskRequest,
+    ) -> TtrpcResult<api::Empty> {
+        Err(status(
+            Code::UNIMPLEMENTED,
+            "edgewasm: checkpoint is not supported",
+        ))
+    }
+
+    async fn pause(&self, _ctx: &TtrpcContext, _req: api::PauseRequest) -> TtrpcResult<api::Empty> {
+        Err(status(
+            Code::UNIMPLEMENTED,
+            "edgewasm: pause is not supported",
+        ))
+    }
+
+    async fn resume(
+        &self,
+        _ctx: &TtrpcContext,
+        _req: api::ResumeRequest,
+    ) -> TtrpcResult<api::Empty> {
+        Err(status(
+            Code::UNIMPLEMENTED,
+            "edgewasm: resume is not supported",
+        ))
+    }
+}

@@ -1,0 +1,507 @@
+//! The shim under a real containerd 1.6 (root required): `ctr run` for a WASI module, a command
+//! component and a wasi:http component, kill and task states, grants, limits, a corrupt .wasm, and CRI
+//! pods (many containers and many pods in one shim process).
+
+use std::io::{Read as _, Write as _};
+use std::path::{Path, PathBuf};
+use std::process::{Output, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use edgewasm_testkit::containerd::{
+    CRI_NAMESPACE, Containerd, ContainerdConfig, EDGEWASM_HANDLER, EDGEWASM_RUNTIME,
+};
+use edgewasm_testkit::oci::ImageBuilder;
+use k8s_cri::v1 as cri;
+use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
+
+const NS: &str = "edgewasm-test";
+const SHIM: &str = env!("CARGO_BIN_EXE_containerd-shim-edgewasm-v1");
+
+const HELLO_WAT: &str = r#"(module
+  (import "wasi_snapshot_preview1" "fd_write" (func $fd_write (param i32 i32 i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "proc_exit" (func $exit (param i32)))
+  (memory (export "memory") 1)
+  (data (i32.const 16) "hello from a module\n")
+  (func (export "_start")
+    (i32.store (i32.const 0) (i32.const 16))
+    (i32.store (i32.const 4) (i32.const 20))
+    (drop (call $fd_write (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 8)))
+    (call $exit (i32.const 3))))"#;
+
+const SPIN_WAT: &str = r#"(module (func (export "_start") (loop (br 0))))"#;
+
+const GROW_WAT: &str = r#"(module (memory (export "memory") 1)
+  (func (export "_start") (loop (br_if 0 (i32.ne (memory.grow (i32.const 16)) (i32.const -1))))))"#;
+
+/// The example components, built once per test binary.
+fn examples() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/components");
+        let status =
+            std::process::Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+                .args([
+                    "build",
+                    "--release",
+                    "--target",
+                    "wasm32-wasip2",
+                    "--manifest-path",
+                ])
+                .arg(root.join("Cargo.toml"))
+                .arg("--target-dir")
+                .arg(root.join("target"))
+                .env_remove("CARGO_TARGET_DIR")
+                .env_remove("RUSTFLAGS")
+                .env_remove("CARGO_ENCODED_RUSTFLAGS")
+                .env_remove("CARGO_BUILD_TARGET")
+                .status()
+                .expect("run cargo to build the example components");
+        assert!(
+            status.success(),
+            "building examples/components failed (run scripts/deps.d/shim.sh)"
+        );
+        root.join("target/wasm32-wasip2/release")
+    })
+}
+
+struct Env {
+    containerd: Containerd,
+    work: tempfile::TempDir,
+}
+
+impl Env {
+    async fn start(cri: bool) -> Self {
+        let config = ContainerdConfig::default().shim(SHIM).import_pause(cri);
+        let containerd = match Containerd::start(config).await {
+            Ok(c) => c,
+            Err(e) => panic!(
+                "starting containerd (run as root; scripts/deps.d/shim.sh installs it): {e:#}"
+            ),
+        };
+        Self {
+            containerd,
+            work: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    /// Imports a one-file image whose entrypoint is the .wasm.
+    fn image(&self, ns: &str, name: &str, wasm: &[u8]) -> String {
+        let image = format!("docker.io/edgewasm/{name}:test");
+        ImageBuilder::new(&image)
+            .file("app.wasm", wasm.to_vec())
+            .entrypoint(["/app.wasm"])
+            .import(&self.containerd, ns, self.work.path())
+            .unwrap();
+        image
+    }
+
+    /// `ctr run --rm` in the foreground; returns its output (the task's exit code is ctr's).
+    fn run(&self, image: &str, id: &str, extra: &[&str], args: &[&str]) -> Output {
+        let fifo = self.containerd.fifo_dir().display().to_string();
+        let mut argv = vec![
+            "run",
+            "--rm",
+            "--runtime",
+            EDGEWASM_RUNTIME,
+            "--fifo-dir",
+            &fifo,
+        ];
+        argv.extend_from_slice(extra);
+        argv.extend_from_slice(&[image, id]);
+        argv.extend_from_slice(args);
+        self.containerd
+            .ctr(NS)
+            .command(&argv)
+            .stdin(Stdio::null())
+            .output()
+            .expect("running ctr")
+    }
+
+    /// `ctr run -d`: a detached task.
+    fn run_detached(&self, image: &str, id: &str, extra: &[&str]) {
+        let fifo = self.containerd.fifo_dir().display().to_string();
+        let mut argv = vec![
+            "run",
+            "-d",
+            "--runtime",
+            EDGEWASM_RUNTIME,
+            "--fifo-dir",
+            &fifo,
+        ];
+        argv.extend_from_slice(extra);
+        argv.extend_from_slice(&[image, id]);
+        self.containerd.ctr(NS).run(&argv).unwrap();
+    }
+
+    fn wait_status(&self, id: &str, want: &str) {
+        let ctr = self.containerd.ctr(NS);
+        poll(
+            &format!("task {id} {want}"),
+            Duration::from_secs(20),
+            || ctr.task_status(id).unwrap().as_deref() == Some(want),
+        );
+    }
+
+    fn remove(&self, id: &str) {
+        let ctr = self.containerd.ctr(NS);
+        ctr.run(&["tasks", "delete", id]).unwrap();
+        ctr.run(&["containers", "delete", id]).unwrap();
+    }
+}
+
+fn poll(what: &str, timeout: Duration, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !check() {
+        assert!(
+            Instant::now() < deadline,
+            "{what}: not reached after {timeout:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn text(out: &[u8]) -> String {
+    String::from_utf8_lossy(out).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn ctr_runs_modules_and_components() {
+    let env = Env::start(false).await;
+
+    // A WASI preview 1 module: output and exit code.
+    let hello = env.image(NS, "hello", &wat::parse_str(HELLO_WAT).unwrap());
+    let out = env.run(&hello, "hello", &[], &[]);
+    assert_eq!(out.status.code(), Some(3), "stderr: {}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "hello from a module\n");
+
+    // A command component reading the device it was granted.
+    let device = env.work.path().join("video0");
+    std::fs::write(&device, vec![7u8; 64]).unwrap();
+    let sampler = env.image(
+        NS,
+        "camera-sampler",
+        &std::fs::read(examples().join("camera-sampler.wasm")).unwrap(),
+    );
+    let grants = serde_json::json!({"paths": [{"host": device, "guest": "/dev/video0"}]});
+    let annotation = format!("edgewasm.io/grants={grants}");
+    let out = env.run(
+        &sampler,
+        "sampler",
+        &[
+            "--annotation",
+            &annotation,
+            "--env",
+            "SAMPLES=1",
+            "--env",
+            "FRAME_BYTES=16",
+        ],
+        &["/dev/video0"],
+    );
+    assert_eq!(out.status.code(), Some(0), "stderr: {}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains('{'),
+        "one JSON line per sample: {}",
+        text(&out.stdout)
+    );
+
+    // Without a grant the host's files are not there.
+    let out = env.run(&sampler, "sampler-nogrant", &[], &["/etc/hostname"]);
+    assert_eq!(out.status.code(), Some(1), "stdout: {}", text(&out.stdout));
+    assert!(
+        text(&out.stderr).contains("cannot open /etc/hostname"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    // A corrupt .wasm fails at create with a clear error.
+    let corrupt = env.image(NS, "corrupt", b"this is not wasm");
+    let out = env.run(&corrupt, "corrupt", &[], &[]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("not a WebAssembly binary"),
+        "{}",
+        text(&out.stderr)
+    );
+    let _ = env
+        .containerd
+        .ctr(NS)
+        .run(&["containers", "delete", "corrupt"]);
+
+    // Memory limit from linux.resources.
+    let grow = env.image(NS, "grow", &wat::parse_str(GROW_WAT).unwrap());
+    let out = env.run(&grow, "grow", &["--memory-limit", "4194304"], &[]);
+    assert_eq!(
+        out.status.code(),
+        Some(137),
+        "stderr: {}",
+        text(&out.stderr)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn ctr_kill_task_states_and_one_shim_for_many_tasks() {
+    let env = Env::start(false).await;
+    let spin = env.image(NS, "spin", &wat::parse_str(SPIN_WAT).unwrap());
+    env.run_detached(&spin, "spin-1", &[]);
+    env.run_detached(&spin, "spin-2", &[]);
+    env.wait_status("spin-1", "RUNNING");
+    env.wait_status("spin-2", "RUNNING");
+    assert_eq!(
+        env.containerd.shim_pids().len(),
+        1,
+        "both tasks share one shim process"
+    );
+
+    let ctr = env.containerd.ctr(NS);
+    let exec = ctr.run(&["tasks", "exec", "--exec-id", "x", "spin-1", "/app.wasm"]);
+    assert!(exec.unwrap_err().to_string().contains("not supported"));
+
+    ctr.run(&["tasks", "kill", "-s", "SIGKILL", "spin-1"])
+        .unwrap();
+    env.wait_status("spin-1", "STOPPED");
+    env.wait_status("spin-2", "RUNNING");
+    env.remove("spin-1");
+
+    // containerd restarts: the shim and its task survive and answer again.
+    let mut env = env;
+    env.containerd.restart().await.unwrap();
+    env.wait_status("spin-2", "RUNNING");
+    env.containerd
+        .ctr(NS)
+        .run(&["tasks", "kill", "spin-2"])
+        .unwrap();
+    env.wait_status("spin-2", "STOPPED");
+    env.remove("spin-2");
+    poll(
+        "the shim exits after its last task",
+        Duration::from_secs(10),
+        || env.containerd.shim_pids().is_empty(),
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn ctr_serves_a_wasi_http_component() {
+    let env = Env::start(false).await;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let server = env.image(
+        NS,
+        "reading-server",
+        &std::fs::read(examples().join("reading_server.wasm")).unwrap(),
+    );
+    let annotation = format!("edgewasm.io/grants={{\"httpPort\":{port}}}");
+    env.run_detached(&server, "server", &["--annotation", &annotation]);
+    env.wait_status("server", "RUNNING");
+    let mut response = String::new();
+    poll(
+        "the component answers /healthz",
+        Duration::from_secs(20),
+        || {
+            let Ok(mut conn) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+                return false;
+            };
+            conn.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                .unwrap();
+            response.clear();
+            conn.read_to_string(&mut response).is_ok() && response.starts_with("HTTP/1.1 200")
+        },
+    );
+    assert!(response.ends_with("ok"), "{response}");
+    env.containerd
+        .ctr(NS)
+        .run(&["tasks", "kill", "server"])
+        .unwrap();
+    env.wait_status("server", "STOPPED");
+    env.remove("server");
+}
+
+async fn cri(socket: &Path) -> RuntimeServiceClient<tonic::transport::Channel> {
+    RuntimeServiceClient::new(edgewasm_testkit::kubelet::connect(socket).await.unwrap())
+}
+
+fn sandbox_config(name: &str, logs: &Path) -> cri::PodSandboxConfig {
+    cri::PodSandboxConfig {
+        metadata: Some(cri::PodSandboxMetadata {
+            name: name.into(),
+            uid: format!("uid-{name}"),
+            namespace: "default".into(),
+            attempt: 0,
+        }),
+        log_directory: logs.join(name).display().to_string(),
+        linux: Some(cri::LinuxPodSandboxConfig {
+            security_context: Some(cri::LinuxSandboxSecurityContext {
+                namespace_options: Some(cri::NamespaceOption {
+                    network: cri::NamespaceMode::Node as i32,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+async fn run_pod(
+    rt: &mut RuntimeServiceClient<tonic::transport::Channel>,
+    config: &cri::PodSandboxConfig,
+) -> String {
+    rt.run_pod_sandbox(cri::RunPodSandboxRequest {
+        config: Some(config.clone()),
+        runtime_handler: EDGEWASM_HANDLER.into(),
+    })
+    .await
+    .unwrap()
+    .into_inner()
+    .pod_sandbox_id
+}
+
+async fn create_container(
+    rt: &mut RuntimeServiceClient<tonic::transport::Channel>,
+    pod: &str,
+    config: &cri::PodSandboxConfig,
+    name: &str,
+    image: &str,
+) -> Result<String, tonic::Status> {
+    let container = cri::ContainerConfig {
+        metadata: Some(cri::ContainerMetadata {
+            name: name.into(),
+            attempt: 0,
+        }),
+        image: Some(cri::ImageSpec {
+            image: image.into(),
+            ..Default::default()
+        }),
+        log_path: format!("{name}.log"),
+        ..Default::default()
+    };
+    rt.create_container(cri::CreateContainerRequest {
+        pod_sandbox_id: pod.into(),
+        config: Some(container),
+        sandbox_config: Some(config.clone()),
+    })
+    .await
+    .map(|r| r.into_inner().container_id)
+}
+
+async fn exited(
+    rt: &mut RuntimeServiceClient<tonic::transport::Channel>,
+    id: &str,
+) -> cri::ContainerStatus {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let status = rt
+            .container_status(cri::ContainerStatusRequest {
+                container_id: id.into(),
+                verbose: false,
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .status
+            .unwrap();
+        if status.state == cri::ContainerState::ContainerExited as i32 {
+            return status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "container {id} did not exit: {status:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn cri_runs_pods_many_per_shim() {
+    let env = Env::start(true).await;
+    let hello = env.image(CRI_NAMESPACE, "hello", &wat::parse_str(HELLO_WAT).unwrap());
+    let corrupt = env.image(CRI_NAMESPACE, "corrupt", b"\0asm garbage");
+    let logs = env.work.path().join("logs");
+    let mut rt = cri(env.containerd.socket()).await;
+
+    // One pod: output in the CRI log, exit code in the status.
+    let config = sandbox_config("pod-0", &logs);
+    let pod = run_pod(&mut rt, &config).await;
+    let id = create_container(&mut rt, &pod, &config, "main", &hello)
+        .await
+        .unwrap();
+    rt.start_container(cri::StartContainerRequest {
+        container_id: id.clone(),
+    })
+    .await
+    .unwrap();
+    let status = exited(&mut rt, &id).await;
+    assert_eq!(status.exit_code, 3);
+    let log = std::fs::read_to_string(logs.join("pod-0/main.log")).unwrap();
+    assert!(log.contains("stdout F hello from a module"), "{log}");
+
+    // A corrupt .wasm: CreateContainer fails and says why.
+    let err = create_container(&mut rt, &pod, &config, "bad", &corrupt)
+        .await
+        .unwrap_err();
+    assert!(
+        err.message().contains("not a valid WebAssembly binary")
+            || err.message().contains("not a WebAssembly"),
+        "{err}"
+    );
+
+    // 50 containers in that pod, 19 more pods: all in one shim process.
+    let mut containers = Vec::new();
+    for i in 0..50 {
+        let id = create_container(&mut rt, &pod, &config, &format!("c{i}"), &hello)
+            .await
+            .unwrap();
+        rt.start_container(cri::StartContainerRequest {
+            container_id: id.clone(),
+        })
+        .await
+        .unwrap();
+        containers.push(id);
+    }
+    let mut pods = vec![pod];
+    for p in 1..20 {
+        let config = sandbox_config(&format!("pod-{p}"), &logs);
+        let pod = run_pod(&mut rt, &config).await;
+        let id = create_container(&mut rt, &pod, &config, "main", &hello)
+            .await
+            .unwrap();
+        rt.start_container(cri::StartContainerRequest {
+            container_id: id.clone(),
+        })
+        .await
+        .unwrap();
+        containers.push(id);
+        pods.push(pod);
+    }
+    for id in &containers {
+        assert_eq!(exited(&mut rt, id).await.exit_code, 3);
+    }
+    assert_eq!(
+        env.containerd.shim_pids().len(),
+        1,
+        "20 pods and 70 containers share one shim"
+    );
+
+    for pod in pods {
+        rt.stop_pod_sandbox(cri::StopPodSandboxRequest {
+            pod_sandbox_id: pod.clone(),
+        })
+        .await
+        .unwrap();
+        rt.remove_pod_sandbox(cri::RemovePodSandboxRequest {
+            pod_sandbox_id: pod,
+        })
+        .await
+        .unwrap();
+    }
+    let env = env;
+    poll(
+        "the shared shim exits once every pod is gone",
+        Duration::from_secs(20),
+        || env.containerd.shim_pids().is_empty(),
+    );
+}
