@@ -32,7 +32,9 @@ fmt-check:
 clippy:
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
+# The end-to-end tests run the agent, operator and shim binaries, so they are built first.
 test-rust: examples
+	$(CARGO) build --workspace --bins
 	$(CARGO) test --workspace --no-fail-fast
 
 test-chart:
