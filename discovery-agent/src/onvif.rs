@@ -271,7 +271,7 @@ impl State {
     }
 
     fn seen(&mut self, ep: &Endpoint, source: IpAddr, probe_reply: bool) -> Option<DeviceEvent> {
-        if !ep.is_video_transmitter() && !(probe_reply && ep.types.is_empty()) {
+        if !(ep.is_video_transmitter() || probe_reply && ep.types.is_empty()) {
             return None;
         }
         let device = describe(ep, source, neighbour_mac(source));
@@ -392,7 +392,11 @@ impl Handler for OnvifHandler {
                     }
                 }
                 msg = rx.recv() => {
-                    let Some((buf, from, via)) = msg else { anyhow::bail!("WS-Discovery sockets closed") };
+                    let Some((buf, from, via)) = msg else {
+                        // The readers stop with `shutdown` (their token is its child).
+                        anyhow::ensure!(shutdown.is_cancelled(), "WS-Discovery sockets closed");
+                        return Ok(());
+                    };
                     for ev in state.handle(&buf, from, via) {
                         tracing::info!(event = ?ev, %from, "ONVIF camera change");
                         if events.send(ev).await.is_err() {

@@ -39,7 +39,7 @@ impl PublisherConfig {
         Self {
             node: node.into(),
             approvals: BTreeMap::new(),
-            refresh: Duration::from_secs(240),
+            refresh: Duration::from_mins(4),
             batch_delay: Duration::from_millis(200),
             max_backoff: Duration::from_secs(30),
         }
@@ -52,6 +52,10 @@ impl PublisherConfig {
 }
 
 /// What this node knows about one device.
+#[allow(
+    clippy::struct_excessive_bools,
+    reason = "independent facts, each written to the API separately"
+)]
 #[derive(Clone, Debug, PartialEq)]
 pub struct Tracked {
     pub device: DiscoveredDevice,
@@ -368,7 +372,7 @@ impl Publisher {
                         adopted = true;
                     }
                     Err(e) => {
-                        tracing::debug!(error = %e, "listing devices from before a restart failed")
+                        tracing::debug!(error = %e, "listing devices from before a restart failed");
                     }
                 }
             }
@@ -381,7 +385,9 @@ impl Publisher {
                     }
                 }
                 Err(e) => {
-                    backoff = (backoff * 2).clamp(Duration::from_millis(500), self.cfg.max_backoff);
+                    backoff = (backoff * 2)
+                        .max(Duration::from_millis(500))
+                        .min(self.cfg.max_backoff);
                     retry_at = Some(Instant::now() + backoff);
                     tracing::warn!(error = format!("{e:#}"), retry_in = ?backoff, "publishing devices failed; will retry with the latest state");
                 }

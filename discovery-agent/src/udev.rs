@@ -2,6 +2,7 @@
 //! a `NETLINK_KOBJECT_UEVENT` socket (udevd's group when udevd runs, the kernel's otherwise); no polling.
 
 use std::collections::BTreeMap;
+use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
 use async_trait::async_trait;
@@ -130,7 +131,7 @@ pub fn encode_kernel_uevent(
     let mut out =
         format!("{action}@{devpath}\0ACTION={action}\0DEVPATH={devpath}\0SUBSYSTEM={subsystem}\0");
     for (k, v) in extra {
-        out.push_str(&format!("{k}={v}\0"));
+        let _ = write!(out, "{k}={v}\0");
     }
     out.into_bytes()
 }
@@ -144,7 +145,7 @@ pub fn encode_udev_uevent(
 ) -> Vec<u8> {
     let mut props = format!("ACTION={action}\0DEVPATH={devpath}\0SUBSYSTEM={subsystem}\0");
     for (k, v) in extra {
-        props.push_str(&format!("{k}={v}\0"));
+        let _ = write!(props, "{k}={v}\0");
     }
     let header_size: u32 = 40;
     let mut out = b"libudev\0".to_vec();
@@ -262,7 +263,7 @@ impl Tracker {
                 {
                     out.extend(self.known.remove(old).map(gone));
                 }
-                if !self.cfg.subsystems.iter().any(|s| *s == ev.subsystem) {
+                if !self.cfg.subsystems.contains(&ev.subsystem) {
                     return out;
                 }
                 match self.describe(&ev.devpath, &ev.subsystem, &ev.properties) {

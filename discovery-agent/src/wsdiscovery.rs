@@ -183,7 +183,7 @@ pub fn parse(datagram: &[u8]) -> Result<Message, ParseError> {
                     "MessageID" if in_header => msg.message_id = Some(field.to_string()),
                     "RelatesTo" if in_header => msg.relates_to = Some(field.to_string()),
                     "Address" if parent == Some("EndpointReference") => {
-                        current.address = field.to_string()
+                        current.address = field.to_string();
                     }
                     "Types" if body_kind.as_deref() == Some("Probe") => {
                         probe_types = words(field)
@@ -195,7 +195,7 @@ pub fn parse(datagram: &[u8]) -> Result<Message, ParseError> {
                         current.types = words(field)
                             .iter()
                             .map(|t| local(t.as_bytes()).into_owned())
-                            .collect()
+                            .collect();
                     }
                     "Scopes" => current.scopes = words(field),
                     "XAddrs" => current.xaddrs = words(field),

@@ -170,7 +170,7 @@ impl Camera {
                     let matches: String = ids
                         .iter()
                         .map(|id| {
-                            format!("<d:ProbeMatch>{}</d:ProbeMatch>", endpoint_xml(id, addr))
+                            ["<d:ProbeMatch>", &endpoint_xml(id, addr), "</d:ProbeMatch>"].concat()
                         })
                         .collect();
                     let reply = envelope(

@@ -37,7 +37,7 @@ impl Running {
                 let res = self.task.take().unwrap().await;
                 panic!("handler stopped: {res:?}")
             }
-            Err(_) => panic!("no event within {DEADLINE:?}"),
+            Err(tokio::time::error::Elapsed { .. }) => panic!("no event within {DEADLINE:?}"),
         }
     }
 
