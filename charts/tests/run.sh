@@ -130,6 +130,28 @@ PY
 done
 echo "ok   edgewasm-agent parses the agent.yaml of every value set"
 
+step "the operator itself accepts the arguments of every value set"
+operator_bin="${CARGO_TARGET_DIR:-$repo/target}/debug/edgewasm-operator"
+if [[ ! -x "$operator_bin" ]]; then
+  (cd "$repo" && cargo build -q -p edgewasm-operator --bin edgewasm-operator) || die "cannot build edgewasm-operator"
+fi
+for values in "$here"/values/*.yaml; do
+  mapfile -t operator_args < <(python3 - "$work/$(basename "$values")" <<'PY'
+import sys, yaml
+for doc in yaml.safe_load_all(open(sys.argv[1])):
+    if doc and doc["kind"] == "Deployment" and doc["metadata"]["labels"].get("app.kubernetes.io/component") == "operator":
+        print("\n".join(doc["spec"]["template"]["spec"]["containers"][0]["args"]))
+PY
+)
+  set +e
+  operator_err="$(cd "$work" && KUBECONFIG="$work/no-kubeconfig" HOME="$work" POD_NAMESPACE=edgewasm-system \
+    timeout 20 "$operator_bin" "${operator_args[@]}" 2>&1 >/dev/null)"
+  set -e
+  grep -q "Kubernetes API" <<<"$operator_err" \
+    || die "$(basename "$values"): edgewasm-operator ${operator_args[*]} stopped before the API client: $operator_err"
+done
+echo "ok   edgewasm-operator parses the arguments of every value set"
+
 step "the checker catches a widened agent role and a writable /dev"
 python3 - "$work/default.yaml" "$work/broken.yaml" <<'PY'
 import sys, yaml
