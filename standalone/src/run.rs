@@ -144,7 +144,13 @@ pub async fn run(opts: RunOptions, shutdown: CancellationToken) -> anyhow::Resul
     let mut folder = Folder::new(dir.clone(), skip);
     let (dirty_tx, mut dirty_rx) = mpsc::channel::<()>(1);
     let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
-        if res.is_ok() {
+        // Only YAML files are manifests; the state and data folders change all the time.
+        if let Ok(event) = res
+            && event
+                .paths
+                .iter()
+                .any(|p| matches!(p.extension().and_then(|e| e.to_str()), Some("yaml" | "yml")))
+        {
             let _ = dirty_tx.try_send(());
         }
     })
@@ -164,6 +170,7 @@ pub async fn run(opts: RunOptions, shutdown: CancellationToken) -> anyhow::Resul
         opts: opts.clone(),
         grace,
         manifest_errors: 0,
+        manifest_error_texts: BTreeSet::new(),
         invalid: 0,
     };
     sup.reload(&mut folder, &mut devices, &mut view);
@@ -273,6 +280,8 @@ struct Supervisor {
     opts: RunOptions,
     grace: Duration,
     manifest_errors: usize,
+    /// The manifest errors last shown, so an unchanged broken file is reported once.
+    manifest_error_texts: BTreeSet<String>,
     invalid: usize,
 }
 
@@ -281,13 +290,17 @@ impl Supervisor {
     fn reload(&mut self, folder: &mut Folder, devices: &mut DeviceSet, view: &mut View) -> bool {
         let r = folder.reload();
         self.manifest_errors = r.errors.len();
+        let errors: BTreeSet<String> = r.errors.iter().map(ToString::to_string).collect();
         for e in &r.errors {
-            view.emit(&Event::ManifestError {
-                file: e.file.clone(),
-                line: e.line,
-                message: e.message.clone(),
-            });
+            if !self.manifest_error_texts.contains(&e.to_string()) {
+                view.emit(&Event::ManifestError {
+                    file: e.file.clone(),
+                    line: e.line,
+                    message: e.message.clone(),
+                });
+            }
         }
+        self.manifest_error_texts = errors;
         let manifest_devices_changed = devices.set_manifest_devices(folder.devices());
         r.changed || manifest_devices_changed
     }

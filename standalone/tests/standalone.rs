@@ -348,7 +348,7 @@ fn bad_input_is_reported_and_the_rest_keeps_running() {
     );
     std::fs::write(
         demo.path().join("broken.yaml"),
-        "# a typo in the placement mode\napiVersion: edgewasm.io/v1alpha1\nkind: WasmWorkload\nmetadata: {name: broken}\nspec:\n  image: x.wasm\n  placement: {mode: sideways}\n",
+        "apiVersion: edgewasm.io/v1alpha1\nkind: WasmWorkload\nmetadata: {name: broken}\nspec:\n  image: x.wasm\n  placement: {mode: sideways}\n",
     )
     .unwrap();
     std::fs::write(
@@ -361,7 +361,7 @@ fn bad_input_is_reported_and_the_rest_keeps_running() {
     let errors = run.events("manifest_error");
     assert_eq!(errors.len(), 1, "{:#?}", run.seen);
     assert!(errors[0]["file"].as_str().unwrap().ends_with("broken.yaml"));
-    assert_eq!(errors[0]["line"], 2);
+    assert_eq!(errors[0]["line"], 1);
     assert!(errors[0]["message"].as_str().unwrap().contains("sideways"));
     let failed = run.wait_for("missing image", |v| is(v, "start_failed", "missing"));
     assert!(
