@@ -196,7 +196,8 @@ async fn ctr_runs_modules_and_components() {
             "--env",
             "FRAME_BYTES=16",
         ],
-        &["/dev/video0"],
+        // ctr's command replaces the image's entrypoint, so the module comes first.
+        &["/app.wasm", "/dev/video0"],
     );
     assert_eq!(out.status.code(), Some(0), "stderr: {}", text(&out.stderr));
     assert!(
@@ -206,7 +207,12 @@ async fn ctr_runs_modules_and_components() {
     );
 
     // Without a grant the host's files are not there.
-    let out = env.run(&sampler, "sampler-nogrant", &[], &["/etc/hostname"]);
+    let out = env.run(
+        &sampler,
+        "sampler-nogrant",
+        &[],
+        &["/app.wasm", "/etc/hostname"],
+    );
     assert_eq!(out.status.code(), Some(1), "stdout: {}", text(&out.stdout));
     assert!(
         text(&out.stderr).contains("cannot open /etc/hostname"),
@@ -310,7 +316,7 @@ async fn ctr_serves_a_wasi_http_component() {
             conn.read_to_string(&mut response).is_ok() && response.starts_with("HTTP/1.1 200")
         },
     );
-    assert!(response.ends_with("ok"), "{response}");
+    assert!(response.trim_end().ends_with("ok"), "{response}");
     env.containerd
         .ctr(NS)
         .run(&["tasks", "kill", "server"])
@@ -439,8 +445,13 @@ async fn cri_runs_pods_many_per_shim() {
     let log = std::fs::read_to_string(logs.join("pod-0/main.log")).unwrap();
     assert!(log.contains("stdout F hello from a module"), "{log}");
 
-    // A corrupt .wasm: CreateContainer fails and says why.
-    let err = create_container(&mut rt, &pod, &config, "bad", &corrupt)
+    // A corrupt .wasm: CRI creates the task (and so the shim sees the module) at StartContainer,
+    // which fails and says why.
+    let bad = create_container(&mut rt, &pod, &config, "bad", &corrupt)
+        .await
+        .unwrap();
+    let err = rt
+        .start_container(cri::StartContainerRequest { container_id: bad })
         .await
         .unwrap_err();
     assert!(
