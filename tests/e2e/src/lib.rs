@@ -10,8 +10,9 @@ use edgewasm_testkit::containerd::{CRI_NAMESPACE, Containerd, ContainerdConfig};
 use edgewasm_testkit::kubelet::{Kubelet, KubeletConfig};
 use edgewasm_testkit::oci::ImageBuilder;
 use edgewasm_testkit::process::ChildGuard;
+use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::api::node::v1::RuntimeClass;
-use kube::api::{Api, Patch, PatchParams};
+use kube::api::{Api, ListParams, Patch, PatchParams};
 
 /// The node the test kubelet and the agent call themselves.
 pub const NODE: &str = "edge-1";
@@ -55,6 +56,7 @@ pub struct Stack {
     pub dir: tempfile::TempDir,
     agent: Option<ChildGuard>,
     operator: Option<ChildGuard>,
+    scheduler: tokio::task::JoinHandle<()>,
 }
 
 impl std::fmt::Debug for Stack {
@@ -93,6 +95,7 @@ impl Stack {
         let config = KubeletConfig::new(NODE, containerd.socket(), dir.path().join("kubelet"));
         cluster.core().set_pod_log_root(config.log_root());
         let kubelet = Kubelet::start(client.clone(), config).await?;
+        let scheduler = tokio::spawn(schedule(client.clone()));
         Ok(Self {
             cluster,
             containerd,
@@ -101,6 +104,7 @@ impl Stack {
             dir,
             agent: None,
             operator: None,
+            scheduler,
         })
     }
 
@@ -160,10 +164,79 @@ impl Stack {
 
     /// Stops the operator and agent, then the kubelet (removing its sandboxes).
     pub async fn shutdown(mut self) {
+        self.scheduler.abort();
         self.operator.take();
         self.agent.take();
         if let Some(k) = self.kubelet.take() {
             k.shutdown().await;
         }
+    }
+}
+
+/// The node a Pod's required node affinity names (`metadata.name` field or `kubernetes.io/hostname`).
+fn required_node(pod: &Pod) -> Option<String> {
+    let terms = &pod
+        .spec
+        .as_ref()?
+        .affinity
+        .as_ref()?
+        .node_affinity
+        .as_ref()?
+        .required_during_scheduling_ignored_during_execution
+        .as_ref()?
+        .node_selector_terms;
+    terms.iter().find_map(|t| {
+        let fields = t
+            .match_fields
+            .iter()
+            .flatten()
+            .filter(|r| r.key == "metadata.name");
+        let labels = t
+            .match_expressions
+            .iter()
+            .flatten()
+            .filter(|r| r.key == "kubernetes.io/hostname");
+        fields
+            .chain(labels)
+            .find(|r| r.operator == "In")
+            .and_then(|r| r.values.as_ref()?.first().cloned())
+    })
+}
+
+/// The scheduler's part of the flow, which the test cluster lacks: binds each unbound Pod to the node
+/// its required affinity names (the operator pins every placement that way).
+async fn schedule(client: kube::Client) {
+    let pods: Api<Pod> = Api::all(client.clone());
+    loop {
+        if let Ok(list) = pods
+            .list(&ListParams::default().fields("spec.nodeName="))
+            .await
+        {
+            for pod in list.items {
+                let (Some(ns), Some(name), Some(node)) = (
+                    pod.metadata.namespace.clone(),
+                    pod.metadata.name.clone(),
+                    required_node(&pod),
+                ) else {
+                    continue;
+                };
+                if pod
+                    .spec
+                    .as_ref()
+                    .and_then(|s| s.node_name.as_ref())
+                    .is_some()
+                {
+                    continue;
+                }
+                let patch = serde_json::json!({"spec": {"nodeName": node}});
+                if let Err(e) = Api::<Pod>::namespaced(client.clone(), &ns)
+                    .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+                    .await
+                {
+                    tracing::warn!(pod = %name, error = %e, "binding failed");
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
