@@ -107,6 +107,7 @@ impl Context {
 pub async fn reconcile(w: Arc<WasmWorkload>, ctx: Arc<Context>) -> Result<Action> {
     let _timer = ctx.metrics.reconcile();
     let key = w.key();
+    tracing::debug!(workload = %key, "reconciling");
     let ns = w
         .namespace()
         .ok_or(Error::MissingField("metadata.namespace"))?;

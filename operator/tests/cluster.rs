@@ -28,7 +28,7 @@ const GRACE: Duration = Duration::from_secs(2);
 const TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Stops the operator task when the test ends, however it ends.
-struct Operator(tokio::task::JoinHandle<()>);
+struct Operator(tokio::task::JoinHandle<()>, Arc<Metrics>);
 
 impl Drop for Operator {
     fn drop(&mut self) {
@@ -41,11 +41,16 @@ fn start_operator(client: Client) -> Operator {
         device_grace_period: GRACE,
         ..Config::default()
     };
-    Operator(tokio::spawn(async move {
-        if let Err(e) = edgewasm_operator::run(client, config, Arc::new(Metrics::default())).await {
-            panic!("operator stopped: {e:#}");
-        }
-    }))
+    let metrics = Arc::new(Metrics::default());
+    let running = metrics.clone();
+    Operator(
+        tokio::spawn(async move {
+            if let Err(e) = edgewasm_operator::run(client, config, running).await {
+                panic!("operator stopped: {e:#}");
+            }
+        }),
+        metrics,
+    )
 }
 
 fn device(name: &str) -> Device {
@@ -136,7 +141,7 @@ async fn matches_plan(client: &Client, names: &[&str], grace: Duration) -> Resul
             .iter()
             .map(|p| pod_name(&w.name_any(), &p.id))
             .collect();
-        let have: BTreeSet<String> = pods_of(pods, &w.name_any()).await?.into_keys().collect();
+        let have: BTreeSet<String> = pods_of(&pods, &w.name_any()).await?.into_keys().collect();
         if want != have {
             return Ok(false);
         }
@@ -183,6 +188,10 @@ async fn set_presence(devices: &Api<Device>, name: &str, present: bool) -> Resul
 #[tokio::test]
 async fn competing_workloads_get_what_the_plan_says_and_absent_devices_are_released() -> Result<()>
 {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter("edgewasm_operator=debug,kube_runtime=debug,kube_client=info")
+        .with_test_writer()
+        .try_init();
     let cluster = match Cluster::shared().await {
         Ok(c) => c,
         Err(e) => panic!("the test cluster did not start (run `make deps`): {e:#}"),
@@ -202,7 +211,14 @@ async fn competing_workloads_get_what_the_plan_says_and_absent_devices_are_relea
             .create(&PostParams::default(), &device(name))
             .await?;
     }
-    let _operator = start_operator(client.clone());
+    let operator = start_operator(client.clone());
+    // Users create workloads against an operator that is up; /readyz says when it is.
+    let metrics = operator.1.clone();
+    eventually("the operator is ready", TIMEOUT, || {
+        let metrics = metrics.clone();
+        async move { Ok(metrics.is_ready()) }
+    })
+    .await?;
     workloads
         .create(&PostParams::default(), &workload("winner", 10))
         .await?;

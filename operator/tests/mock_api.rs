@@ -126,8 +126,10 @@ fn respond(state: &Mutex<State>, method: &Method, path: &str, body: &[u8]) -> (u
             ],
         ) => {
             s.status = Some(body["status"].clone());
+            // The apiserver answers with the whole object, spec included.
             let mut w = body.clone();
             w["metadata"] = json!({"name": name, "namespace": ns});
+            w["spec"] = json!({"image": "registry.local/sampler:1", "placement": {"mode": "count", "replicas": 1}});
             (200, w)
         }
         (
