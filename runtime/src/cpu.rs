@@ -41,7 +41,7 @@ impl CpuAccount {
         let quota = self.quota?;
         let allowed = now.duration_since(self.start).mul_f64(quota) + self.burst;
         let used = self.used();
-        (used > allowed).then(|| self.start + (used - self.burst).div_f64(quota))
+        (used > allowed).then(|| self.start + used.saturating_sub(self.burst).div_f64(quota))
     }
 }
 

@@ -278,7 +278,7 @@ fn place(
                 return Ok(Placement::Mknod);
             }
             Err(e) => {
-                tracing::debug!(entry = %entry.display(), error = %e, "mknod failed, trying a bind mount")
+                tracing::debug!(entry = %entry.display(), error = %e, "mknod failed, trying a bind mount");
             }
         }
     }
