@@ -17,8 +17,8 @@ impl Default for Config {
     fn default() -> Self {
         Self {
             runtime_class: "edgewasm".into(),
-            device_grace_period: Duration::from_secs(60),
-            resync: Duration::from_secs(300),
+            device_grace_period: Duration::from_mins(1),
+            resync: Duration::from_mins(5),
         }
     }
 }

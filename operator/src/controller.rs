@@ -113,12 +113,12 @@ pub async fn reconcile(w: Arc<WasmWorkload>, ctx: Arc<Context>) -> Result<Action
         .ok_or(Error::MissingField("metadata.namespace"))?;
     let api: Api<WasmWorkload> = Api::namespaced(ctx.client.clone(), &ns);
     let context: &Context = &ctx;
-    let result = finalizer(&api, FINALIZER, w, |event| async move {
+    let result = Box::pin(finalizer(&api, FINALIZER, w, |event| async move {
         match event {
-            Finalizer::Apply(w) => apply(w, context).await,
-            Finalizer::Cleanup(w) => cleanup(w, context).await,
+            Finalizer::Apply(w) => Box::pin(apply(w, context)).await,
+            Finalizer::Cleanup(w) => Box::pin(cleanup(w, context)).await,
         }
-    })
+    }))
     .await
     .map_err(|e| match e {
         finalizer::Error::ApplyFailed(e) | finalizer::Error::CleanupFailed(e) => e,
@@ -142,8 +142,8 @@ pub fn error_policy(w: Arc<WasmWorkload>, error: &Error, ctx: Arc<Context>) -> A
         *n = n.saturating_add(1);
         *n
     };
-    let delay = Duration::from_secs(1u64 << failures.saturating_sub(1).min(8))
-        .min(Duration::from_secs(300));
+    let delay =
+        Duration::from_secs(1u64 << failures.saturating_sub(1).min(8)).min(Duration::from_mins(5));
     tracing::warn!(workload = %w.key(), error = %error, failures, retry_in = ?delay, "reconcile failed");
     Action::requeue(delay)
 }
@@ -182,7 +182,7 @@ async fn apply(w: Arc<WasmWorkload>, ctx: &Context) -> Result<Action> {
         .iter()
         .filter(|p| held.confirmed.contains(&p.id))
         .collect();
-    let pods = sync_pods(ctx, &w, &ns, &placed).await?;
+    let pods = Box::pin(sync_pods(ctx, &w, &ns, &placed)).await?;
 
     let placements: Vec<Placement> = placed.iter().map(|p| (*p).clone()).collect();
     let waiting: Vec<_> = wp.waiting.iter().chain(&held.blocked).cloned().collect();
@@ -487,7 +487,7 @@ async fn cleanup(w: Arc<WasmWorkload>, ctx: &Context) -> Result<Action> {
     let ns = w
         .namespace()
         .ok_or(Error::MissingField("metadata.namespace"))?;
-    sync_pods(ctx, &w, &ns, &[]).await?;
+    Box::pin(sync_pods(ctx, &w, &ns, &[])).await?;
     ctx.metrics.forget(&key);
     ctx.publish(
         &w,
@@ -586,7 +586,7 @@ mod tests {
         let now = Timestamp::from_second(1_800_000_100).unwrap();
         let opts = PlanOptions {
             now,
-            grace: Duration::from_secs(60),
+            grace: Duration::from_mins(1),
         };
         let mut d = Device::new(
             "d",
@@ -615,7 +615,7 @@ mod tests {
             grants: Grants::default(),
             env: vec![],
         };
-        let resync = Duration::from_secs(300);
+        let resync = Duration::from_mins(5);
         let next = next_check(
             std::slice::from_ref(&p),
             std::slice::from_ref(&d),

@@ -301,7 +301,7 @@ mod tests {
             std::slice::from_ref(d),
             PlanOptions {
                 now: Timestamp::now(),
-                grace: Duration::from_secs(60),
+                grace: Duration::from_mins(1),
             },
         );
         let placement = &p.workloads[&w.key()].placements[0];

@@ -1,6 +1,7 @@
 //! A workload's status from its plan and its Pods: conditions a user can act on, per-placement phases.
 
 use std::collections::BTreeMap;
+use std::fmt::Write as _;
 
 use edgewasm_api::{
     Placement, PlacementStatus, Waiting, WasmWorkload, WasmWorkloadStatus, WorkloadPlan,
@@ -137,7 +138,9 @@ fn conditions(obs: &Observed<'_>, placements: &[PlacementStatus], ready: usize) 
         match obs.plan.unapproved_devices {
             0 => {}
             1 => msg.push_str("; 1 matching device awaits approval"),
-            n => msg.push_str(&format!("; {n} matching devices await approval")),
+            n => {
+                let _ = write!(msg, "; {n} matching devices await approval");
+            }
         }
         return vec![
             (READY, false, "NoMatchingDevices", msg.clone()),

@@ -25,7 +25,7 @@ use serde_json::json;
 const NS: &str = "operator-scenario";
 const HANDLER: &str = "scenario";
 const GRACE: Duration = Duration::from_secs(2);
-const TIMEOUT: Duration = Duration::from_secs(60);
+const TIMEOUT: Duration = Duration::from_mins(1);
 
 /// Stops the operator task when the test ends, however it ends.
 struct Operator(tokio::task::JoinHandle<()>, Arc<Metrics>);

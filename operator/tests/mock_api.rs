@@ -201,7 +201,7 @@ fn harness(workload: &WasmWorkload, devices: &[Device], pods: &[Value]) -> Harne
     }
     device_writer.apply_watcher_event(&watcher::Event::InitDone);
     let config = Config {
-        device_grace_period: Duration::from_secs(60),
+        device_grace_period: Duration::from_mins(1),
         ..Config::default()
     };
     let ctx = Context::new(
@@ -269,7 +269,7 @@ fn existing_pod(w: &WasmWorkload, d: &Device) -> Value {
         std::slice::from_ref(d),
         edgewasm_api::PlanOptions {
             now: k8s_openapi::jiff::Timestamp::now(),
-            grace: Duration::from_secs(60),
+            grace: Duration::from_mins(1),
         },
     );
     let pod = edgewasm_operator::pod::build_pod(

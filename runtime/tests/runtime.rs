@@ -83,7 +83,7 @@ impl Captured {
 
 /// Waits for an instance with a generous bound so a hang fails instead of stalling CI.
 async fn wait(instance: &Instance) -> ExitStatus {
-    tokio::time::timeout(Duration::from_secs(60), instance.wait())
+    tokio::time::timeout(Duration::from_mins(1), instance.wait())
         .await
         .expect("instance finished")
 }

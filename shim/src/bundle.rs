@@ -317,7 +317,7 @@ mod tests {
             ],
         };
         assert_eq!(
-            find_program("/app.wasm", &[mount.clone()], dir.path()).unwrap(),
+            find_program("/app.wasm", std::slice::from_ref(&mount), dir.path()).unwrap(),
             l2.join("app.wasm")
         );
         let err = find_program("other.wasm", &[mount], dir.path())

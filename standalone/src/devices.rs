@@ -404,7 +404,7 @@ mod tests {
         );
         assert_eq!(
             set.get(&name).unwrap().device.allocations(),
-            [alloc.clone()]
+            std::slice::from_ref(&alloc)
         );
         set.apply(
             DeviceEvent::Seen(discovered("cam", "/dev/y")),

@@ -13,9 +13,9 @@ use edgewasm_runtime::{
 use tokio::sync::mpsc::UnboundedSender;
 
 /// Failed runs back off from `base`, doubling up to this.
-pub const MAX_BACKOFF: Duration = Duration::from_secs(300);
+pub const MAX_BACKOFF: Duration = Duration::from_mins(5);
 /// A run at least this long resets the failure count.
-const HEALTHY_RUN: Duration = Duration::from_secs(60);
+const HEALTHY_RUN: Duration = Duration::from_mins(1);
 
 /// Identifies a slot: workload key and placement id.
 pub type SlotKey = (String, String);
@@ -148,13 +148,12 @@ pub fn expand(text: &str, env: &BTreeMap<&str, &str>) -> String {
             && let Some(end) = inner.find(')')
         {
             let name = &inner[..end];
-            match env.get(name) {
-                Some(v) => out.push_str(v),
-                None => {
-                    out.push_str("$(");
-                    out.push_str(name);
-                    out.push(')');
-                }
+            if let Some(v) = env.get(name) {
+                out.push_str(v);
+            } else {
+                out.push_str("$(");
+                out.push_str(name);
+                out.push(')');
             }
             rest = &inner[end + 1..];
         } else {
