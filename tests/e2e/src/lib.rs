@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context as _, Result, bail};
+use edgewasm_operator::pod::pinned_node;
 use edgewasm_testkit::cluster::Cluster;
 use edgewasm_testkit::containerd::{CRI_NAMESPACE, Containerd, ContainerdConfig};
 use edgewasm_testkit::kubelet::{Kubelet, KubeletConfig};
@@ -173,36 +174,6 @@ impl Stack {
     }
 }
 
-/// The node a Pod's required node affinity names (`metadata.name` field or `kubernetes.io/hostname`).
-fn required_node(pod: &Pod) -> Option<String> {
-    let terms = &pod
-        .spec
-        .as_ref()?
-        .affinity
-        .as_ref()?
-        .node_affinity
-        .as_ref()?
-        .required_during_scheduling_ignored_during_execution
-        .as_ref()?
-        .node_selector_terms;
-    terms.iter().find_map(|t| {
-        let fields = t
-            .match_fields
-            .iter()
-            .flatten()
-            .filter(|r| r.key == "metadata.name");
-        let labels = t
-            .match_expressions
-            .iter()
-            .flatten()
-            .filter(|r| r.key == "kubernetes.io/hostname");
-        fields
-            .chain(labels)
-            .find(|r| r.operator == "In")
-            .and_then(|r| r.values.as_ref()?.first().cloned())
-    })
-}
-
 /// The scheduler's part of the flow, which the test cluster lacks: binds each unbound Pod to the node
 /// its required affinity names (the operator pins every placement that way).
 async fn schedule(client: kube::Client) {
@@ -216,7 +187,7 @@ async fn schedule(client: kube::Client) {
                 let (Some(ns), Some(name), Some(node)) = (
                     pod.metadata.namespace.clone(),
                     pod.metadata.name.clone(),
-                    required_node(&pod),
+                    pinned_node(&pod),
                 ) else {
                     continue;
                 };
