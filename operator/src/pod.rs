@@ -139,6 +139,9 @@ pub fn build_pod(workload: &WasmWorkload, placement: &Placement, config: &Config
             limits: Some(limits),
             ..Default::default()
         }),
+        // A guest that traps or runs out of memory says why on stderr; this puts that text into the
+        // container status, and so into the workload's PodFailed message.
+        termination_message_policy: Some("FallbackToLogsOnError".to_owned()),
         ..Container::default()
     };
 
