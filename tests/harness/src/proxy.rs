@@ -164,9 +164,24 @@ impl Proxy {
             return Ok(());
         }
         let addr = self.addr;
+        // The listener being cancelled is dropped by its task a moment later; until then the port
+        // is still bound, so retry for a short while.
         let listener = self
             .runtime
-            .spawn(async move { TcpListener::bind(addr).await })
+            .spawn(async move {
+                let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+                loop {
+                    match TcpListener::bind(addr).await {
+                        Err(e)
+                            if e.kind() == std::io::ErrorKind::AddrInUse
+                                && tokio::time::Instant::now() < deadline =>
+                        {
+                            tokio::time::sleep(Duration::from_millis(20)).await;
+                        }
+                        other => return other,
+                    }
+                }
+            })
             .await?
             .with_context(|| format!("binding the proxy to {addr} again"))?;
         self.serve(listener);
