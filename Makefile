@@ -35,13 +35,14 @@ clippy:
 # The end-to-end tests run the agent, operator and shim binaries, so they are built first.
 test-rust: examples
 	$(CARGO) build --workspace --bins
-	$(CARGO) test --workspace --no-fail-fast
+	set -o pipefail; $(CARGO) test --workspace --no-fail-fast 2>&1 | tee .test-output.log
 
 test-chart:
 	bash charts/tests/run.sh
 
 ## Everything CI checks: formatting, lints, unit and integration tests against real services, the chart.
 test: deps fmt-check clippy test-rust test-chart
+	@bash scripts/test-summary.sh .test-output.log
 
 bench: deps examples
 	bash benches/run.sh
