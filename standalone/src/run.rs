@@ -436,11 +436,7 @@ impl Supervisor {
                 instance,
                 compiled,
             } => {
-                let Some(slot) = self
-                    .slots
-                    .get_mut(&key)
-                    .filter(|s| s.generation == generation)
-                else {
+                let Some(slot) = current_slot(&mut self.slots, &key, generation) else {
                     instance.kill(15);
                     return;
                 };
@@ -464,11 +460,7 @@ impl Supervisor {
                 generation,
                 error,
             } => {
-                let Some(slot) = self
-                    .slots
-                    .get_mut(&key)
-                    .filter(|s| s.generation == generation)
-                else {
+                let Some(slot) = current_slot(&mut self.slots, &key, generation) else {
                     return;
                 };
                 view.emit(&Event::StartFailed {
@@ -484,11 +476,7 @@ impl Supervisor {
                 generation,
                 status,
             } => {
-                let Some(slot) = self
-                    .slots
-                    .get_mut(&key)
-                    .filter(|s| s.generation == generation)
-                else {
+                let Some(slot) = current_slot(&mut self.slots, &key, generation) else {
                     return;
                 };
                 slot.read_new_lines();
@@ -530,6 +518,15 @@ impl Supervisor {
         }
         self.persisted = allocations;
     }
+}
+
+/// The slot a launch report is about, unless the slot was replaced or removed since that launch.
+fn current_slot<'a>(
+    slots: &'a mut BTreeMap<SlotKey, Slot>,
+    key: &SlotKey,
+    generation: u64,
+) -> Option<&'a mut Slot> {
+    slots.get_mut(key).filter(|s| s.generation == generation)
 }
 
 fn schedule(key: &SlotKey, next: AfterExit, restarts: u32, view: &mut View) {
