@@ -26,6 +26,7 @@ pub(crate) struct Recipe {
     pub(crate) env: Vec<(String, String)>,
     pub(crate) sandbox: Arc<Sandbox>,
     pub(crate) net: Arc<NetPolicy>,
+    pub(crate) world: Arc<crate::world::WorldShared>,
 }
 
 /// Opened stdio streams.

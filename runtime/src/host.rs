@@ -19,7 +19,8 @@ use crate::network::NetPolicy;
 use crate::program::{Code, Linkers, Program};
 use crate::sandbox::Sandbox;
 use crate::state::{ComponentState, MemoryLimiter, ModuleState};
-use crate::{Error, InstanceSpec, ProgramKind};
+use crate::world::{WorldShared, WorldState};
+use crate::{Error, InstanceSpec, ProgramKind, WorldSpec};
 
 /// How the [`Host`] is set up.
 #[derive(Clone, Debug)]
@@ -195,13 +196,26 @@ impl Host {
         program: Arc<Program>,
         spec: InstanceSpec,
     ) -> Result<Instance, Error> {
+        self.start_with(program, spec, WorldSpec::default()).await
+    }
+
+    /// [`Host::start`] with what the instance's device, wasi:config and wasi:keyvalue interfaces serve
+    /// besides its grants: workload settings, where its key-value store persists, device credentials.
+    pub async fn start_with(
+        &self,
+        program: Arc<Program>,
+        spec: InstanceSpec,
+        world: WorldSpec,
+    ) -> Result<Instance, Error> {
         let sandbox = Sandbox::build(&self.sandbox_dir, &spec.id, &spec.grants.paths)?;
         let net = Arc::new(NetPolicy::from_grants(&spec.grants.network)?);
+        let world = Arc::new(WorldShared::new(&spec.grants, Arc::clone(&net), world)?);
         let recipe = Recipe {
             args: spec.args.clone(),
             env: spec.env.clone(),
             sandbox: Arc::new(sandbox),
             net,
+            world,
         };
         let shared = Arc::new(Shared::new(
             spec.id.clone(),
@@ -329,6 +343,7 @@ impl Run {
                         net: Arc::clone(&self.recipe.net),
                     },
                     limiter: limiter(),
+                    world: WorldState::new(&self.recipe.world),
                 };
                 let mut store = Store::new(&self.engine, state);
                 store.limiter(|s| &mut s.limiter);

@@ -155,6 +155,7 @@ impl Server {
                 net: Arc::clone(&self.recipe.net),
             },
             limiter: MemoryLimiter::new(self.memory_limit, Arc::clone(&self.shared.memory)),
+            world: crate::world::WorldState::new(&self.recipe.world),
         };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.limiter);

@@ -25,20 +25,25 @@
 mod cache;
 mod context;
 mod cpu;
+mod device;
 mod error;
 mod host;
 mod http;
 mod instance;
+mod keyvalue;
 mod netns;
 mod network;
 mod program;
 mod sandbox;
 mod spec;
 mod state;
+mod world;
 
+pub use device::DeviceEvents;
 pub use edgewasm_api::Grants;
 pub use error::Error;
 pub use host::{Host, HostConfig};
 pub use instance::{ExitReason, ExitStatus, Instance, InstanceStats};
 pub use program::Program;
 pub use spec::{InstanceSpec, Limits, ProgramKind, Stdio};
+pub use world::{Credentials, WorldSpec};

@@ -80,6 +80,7 @@ impl Linkers {
         let mut component = wasmtime::component::Linker::new(engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut component)?;
         wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut component)?;
+        crate::world::add_to_linker(&mut component)?;
         Ok(Self { module, component })
     }
 }

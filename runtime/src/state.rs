@@ -24,6 +24,8 @@ pub(crate) struct ComponentState {
     pub(crate) http: WasiHttpCtx,
     pub(crate) outgoing: OutgoingPolicy,
     pub(crate) limiter: MemoryLimiter,
+    /// The edgewasm device interfaces, wasi:config and wasi:keyvalue.
+    pub(crate) world: crate::world::WorldState,
 }
 
 impl WasiView for ComponentState {

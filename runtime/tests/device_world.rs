@@ -1,0 +1,635 @@
+//! The `edgewasm:device` world end to end: the same camera-sampler binary capturing from a simulated ONVIF
+//! camera (in a network namespace of its own) and from a recorded-frame stand-in for a V4L2 node; the same
+//! sensor-logger binary reading a fake IIO tree and a pty acting as a serial sensor; wasi:config and
+//! wasi:keyvalue round trips (the store survives a restart); and an ungranted device as an error value.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use edgewasm_api::{Access, GrantedDevice, NetworkGrant, PathGrant, Protocol};
+use edgewasm_runtime::{
+    Credentials, ExitReason, ExitStatus, Grants, Host, HostConfig, InstanceSpec, Stdio, WorldSpec,
+};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// The example components, built once (cargo keeps them up to date across runs).
+fn examples() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/components");
+        let status = std::process::Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+            .args(["build", "--release", "--target", "wasm32-wasip2", "--manifest-path"])
+            .arg(root.join("Cargo.toml"))
+            .arg("--target-dir")
+            .arg(root.join("target"))
+            .env_remove("CARGO_TARGET_DIR")
+            .env_remove("RUSTFLAGS")
+            .env_remove("CARGO_ENCODED_RUSTFLAGS")
+            .env_remove("CARGO_BUILD_TARGET")
+            .status()
+            .expect("run cargo to build the example components");
+        assert!(status.success(), "building examples/components failed (is the wasm32-wasip2 target installed? run `make deps`)");
+        root.join("target/wasm32-wasip2/release")
+    })
+}
+
+fn example(name: &str) -> PathBuf {
+    examples().join(format!("{name}.wasm"))
+}
+
+fn host() -> Arc<Host> {
+    static HOST: OnceLock<Arc<Host>> = OnceLock::new();
+    Arc::clone(HOST.get_or_init(|| {
+        Host::new(HostConfig {
+            cache_dir: Some(Path::new(env!("CARGO_TARGET_TMPDIR")).join("edgewasm-code-cache")),
+            ..HostConfig::default()
+        })
+        .expect("host")
+    }))
+}
+
+/// What one run printed, and how it ended.
+struct Outcome {
+    status: ExitStatus,
+    stdout: String,
+    stderr: String,
+}
+
+impl Outcome {
+    fn lines(&self) -> Vec<serde_json::Value> {
+        self.stdout
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+            .collect()
+    }
+
+    fn assert_ok(&self) {
+        assert!(
+            self.status.success(),
+            "{:?}\nstdout: {}\nstderr: {}",
+            self.status,
+            self.stdout,
+            self.stderr
+        );
+    }
+}
+
+async fn run(wasm: &str, mut spec: InstanceSpec, world: WorldSpec) -> Outcome {
+    let out = tempfile::tempdir().unwrap();
+    spec.stdio = Stdio {
+        stdin: None,
+        stdout: Some(out.path().join("stdout")),
+        stderr: Some(out.path().join("stderr")),
+    };
+    let program = host().load(&example(wasm)).await.expect("load");
+    let instance = host()
+        .start_with(program, spec, world)
+        .await
+        .expect("start");
+    let status = tokio::time::timeout(Duration::from_mins(1), instance.wait())
+        .await
+        .expect("instance finished");
+    let read = |f: &str| std::fs::read_to_string(out.path().join(f)).unwrap_or_default();
+    Outcome {
+        status,
+        stdout: read("stdout"),
+        stderr: read("stderr"),
+    }
+}
+
+fn device(name: &str, handler: &str, props: &[(&str, &str)]) -> GrantedDevice {
+    GrantedDevice {
+        name: name.into(),
+        handler: handler.into(),
+        properties: props
+            .iter()
+            .map(|(k, v)| ((*k).to_string(), (*v).to_string()))
+            .collect::<BTreeMap<_, _>>(),
+    }
+}
+
+fn spec(name: &str, grants: Grants) -> InstanceSpec {
+    InstanceSpec {
+        grants,
+        ..InstanceSpec::new(name)
+    }
+}
+
+fn path_grant(host: &Path, access: Access) -> PathGrant {
+    PathGrant {
+        host: host.to_str().unwrap().to_string(),
+        guest: None,
+        access,
+    }
+}
+
+fn config(pairs: &[(&str, &str)]) -> WorldSpec {
+    WorldSpec {
+        config: pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_string(), (*v).to_string()))
+            .collect(),
+        ..WorldSpec::default()
+    }
+}
+
+/// A minimal JPEG: SOI, SOF0 for `width`x`height`, EOI.
+fn jpeg(width: u16, height: u16) -> Vec<u8> {
+    let mut v = vec![0xFF, 0xD8, 0xFF, 0xC0, 0x00, 0x0B, 0x08];
+    v.extend(height.to_be_bytes());
+    v.extend(width.to_be_bytes());
+    v.extend([0x01, 0x01, 0x11, 0x00, 0xFF, 0xD9]);
+    v
+}
+
+/// A network namespace with its loopback up, deleted on drop.
+struct Netns {
+    name: String,
+}
+
+impl Netns {
+    fn create() -> Self {
+        assert!(
+            nix::unistd::geteuid().is_root(),
+            "the ONVIF camera test runs the camera in a network namespace: it needs root (CI runs as root)"
+        );
+        let name = format!("ewdev-{}", std::process::id());
+        let ip = |args: &[&str]| {
+            let status = std::process::Command::new("ip")
+                .args(args)
+                .status()
+                .expect("run `ip` (iproute2)");
+            assert!(status.success(), "ip {args:?} failed");
+        };
+        ip(&["netns", "add", &name]);
+        let ns = Self { name };
+        ip(&["-n", &ns.name, "link", "set", "lo", "up"]);
+        ns
+    }
+
+    fn path(&self) -> PathBuf {
+        Path::new("/var/run/netns").join(&self.name)
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("ip")
+            .args(["netns", "delete", &self.name])
+            .status();
+    }
+}
+
+/// A simulated ONVIF camera: serves `GET /onvif/snapshot` as a JPEG to `user:secret` (HTTP Basic), on the
+/// loopback of a network namespace. Stops on drop.
+struct OnvifCamera {
+    addr: SocketAddr,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl OnvifCamera {
+    fn start(ns: &Netns, frame: Vec<u8>) -> Self {
+        let path = ns.path();
+        let (addr_tx, addr_rx) = std::sync::mpsc::channel();
+        let (stop, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            let f = std::fs::File::open(path).expect("open netns");
+            nix::sched::setns(f, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+                addr_tx.send(listener.local_addr().unwrap()).unwrap();
+                let frame = Arc::new(frame);
+                let serve = async {
+                    loop {
+                        let (conn, _) = listener.accept().await.unwrap();
+                        tokio::spawn(Self::answer(conn, Arc::clone(&frame)));
+                    }
+                };
+                tokio::select! {
+                    () = serve => {}
+                    _ = stop_rx => {}
+                }
+            });
+        });
+        let addr = addr_rx
+            .recv_timeout(Duration::from_secs(10))
+            .expect("camera listening");
+        Self {
+            addr,
+            stop: Some(stop),
+            thread: Some(thread),
+        }
+    }
+
+    async fn answer(mut conn: tokio::net::TcpStream, frame: Arc<Vec<u8>>) {
+        let mut request = Vec::new();
+        let mut buf = [0u8; 1024];
+        while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+            match conn.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => request.extend_from_slice(&buf[..n]),
+            }
+        }
+        let request = String::from_utf8_lossy(&request).to_ascii_lowercase();
+        // base64("user:secret")
+        let authorized = request.contains("authorization: basic dxnlcjpzzwnyzxq=");
+        let response = if !request.starts_with("get /onvif/snapshot ") {
+            b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\r\n".to_vec()
+        } else if !authorized {
+            b"HTTP/1.1 401 Unauthorized\r\nwww-authenticate: Basic realm=\"cam\"\r\ncontent-length: 0\r\n\r\n".to_vec()
+        } else {
+            let mut r = format!(
+                "HTTP/1.1 200 OK\r\ncontent-type: image/jpeg\r\ncontent-length: {}\r\n\r\n",
+                frame.len()
+            )
+            .into_bytes();
+            r.extend_from_slice(&frame);
+            r
+        };
+        let _ = conn.write_all(&response).await;
+        let _ = conn.shutdown().await;
+    }
+}
+
+impl Drop for OnvifCamera {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_camera_binary_captures_from_onvif_and_from_a_video_node() {
+    // (a) An ONVIF camera in its own network namespace, reached through its snapshot URI.
+    let ns = Netns::create();
+    let camera = OnvifCamera::start(&ns, jpeg(640, 480));
+    let onvif = Grants {
+        device: Some(device(
+            "cam-onvif",
+            "onvif",
+            &[
+                (
+                    "xaddrs",
+                    &format!("http://{}/onvif/device_service", camera.addr),
+                ),
+                (
+                    "snapshotUri",
+                    &format!("http://{}/onvif/snapshot", camera.addr),
+                ),
+            ],
+        )),
+        network: vec![NetworkGrant {
+            host: camera.addr.ip().to_string(),
+            port: Some(camera.addr.port()),
+            protocol: Protocol::Tcp,
+        }],
+        ..Grants::default()
+    };
+    let in_ns = |grants: Grants| InstanceSpec {
+        netns: Some(ns.path()),
+        ..spec("camera-sampler", grants)
+    };
+    let credentials = Credentials {
+        username: "user".into(),
+        password: "secret".into(),
+    };
+    let out = run(
+        "camera-sampler",
+        in_ns(onvif.clone()),
+        WorldSpec {
+            credentials: Some(credentials.clone()),
+            ..config(&[("samples", "2")])
+        },
+    )
+    .await;
+    out.assert_ok();
+    let lines = out.lines();
+    assert_eq!(lines.len(), 2, "{}", out.stdout);
+    assert_eq!(lines[0]["backend"], "onvif");
+    assert_eq!(lines[0]["device"], "cam-onvif");
+    assert_eq!(lines[0]["format"], "jpeg");
+    assert_eq!(lines[0]["width"], 640);
+    assert_eq!(lines[0]["height"], 480);
+    assert_eq!(lines[0]["bytes"], jpeg(640, 480).len());
+
+    // Without the credentials the camera refuses, and the guest gets that as an error value.
+    let out = run("camera-sampler", in_ns(onvif.clone()), WorldSpec::default()).await;
+    assert_eq!(out.status.code, 1, "{}", out.stderr);
+    assert_eq!(out.status.reason, ExitReason::Exited);
+    assert!(out.stderr.contains("access denied"), "{}", out.stderr);
+
+    // The snapshot URI's host must be a granted peer.
+    let out = run(
+        "camera-sampler",
+        in_ns(Grants {
+            network: Vec::new(),
+            ..onvif
+        }),
+        WorldSpec {
+            credentials: Some(credentials),
+            ..WorldSpec::default()
+        },
+    )
+    .await;
+    assert_eq!(out.status.code, 1, "{}", out.stderr);
+    assert!(
+        out.stderr.contains("not granted") && out.stderr.contains("camera host"),
+        "{}",
+        out.stderr
+    );
+
+    // (b) The same binary on a video node: here a recorded raw frame standing in for /dev/video0.
+    let dir = tempfile::tempdir().unwrap();
+    let node = dir.path().join("video0");
+    std::fs::write(&node, vec![0x80u8; 8 * 4 * 2]).unwrap();
+    let v4l2 = Grants {
+        device: Some(device(
+            "usb-cam",
+            "udev",
+            &[
+                ("subsystem", "video4linux"),
+                ("devnode", node.to_str().unwrap()),
+                ("width", "8"),
+                ("height", "4"),
+                ("format", "yuyv"),
+            ],
+        )),
+        paths: vec![path_grant(&node, Access::ReadWrite)],
+        ..Grants::default()
+    };
+    let out = run(
+        "camera-sampler",
+        spec("camera-sampler", v4l2),
+        config(&[("samples", "1")]),
+    )
+    .await;
+    out.assert_ok();
+    let lines = out.lines();
+    assert_eq!(lines.len(), 1, "{}", out.stdout);
+    assert_eq!(lines[0]["backend"], "file");
+    assert_eq!(lines[0]["device"], "usb-cam");
+    assert_eq!(lines[0]["format"], "yuyv");
+    assert_eq!(
+        (lines[0]["width"].clone(), lines[0]["height"].clone()),
+        (8.into(), 4.into())
+    );
+    assert_eq!(lines[0]["bytes"], 64);
+}
+
+#[tokio::test]
+async fn one_sensor_binary_reads_iio_channels_and_a_serial_line() {
+    // A fake IIO device folder.
+    let dir = tempfile::tempdir().unwrap();
+    let iio = dir.path().join("iio:device0");
+    std::fs::create_dir(&iio).unwrap();
+    for (file, value) in [
+        ("name", "bme280"),
+        ("in_temp_input", "21500"),
+        ("in_humidityrelative_raw", "4520"),
+        ("in_humidityrelative_scale", "10"),
+        ("in_pressure_input", "101.325"),
+    ] {
+        std::fs::write(iio.join(file), format!("{value}\n")).unwrap();
+    }
+    let grants = Grants {
+        device: Some(device(
+            "iio0",
+            "udev",
+            &[("subsystem", "iio"), ("syspath", iio.to_str().unwrap())],
+        )),
+        paths: vec![path_grant(&iio, Access::ReadOnly)],
+        ..Grants::default()
+    };
+    let out = run(
+        "sensor-logger",
+        spec("sensor-logger", grants),
+        config(&[("samples", "1")]),
+    )
+    .await;
+    out.assert_ok();
+    let lines = out.lines();
+    assert_eq!(lines.len(), 1, "{}", out.stdout);
+    // The device's name comes through wasi:config (`device.name`).
+    assert_eq!(lines[0]["sensor"], "iio0");
+    let readings: BTreeMap<String, (f64, String)> = lines[0]["readings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["channel"].as_str().unwrap().to_string(),
+                (
+                    r["value"].as_f64().unwrap(),
+                    r["unit"].as_str().unwrap().to_string(),
+                ),
+            )
+        })
+        .collect();
+    assert_eq!(readings["temp"], (21.5, "°C".to_string()));
+    assert_eq!(readings["humidityrelative"], (45.2, "%".to_string()));
+    assert_eq!(readings["pressure"], (101.325, "kPa".to_string()));
+
+    // A pty acting as a serial sensor: a banner line, then readings.
+    let pty = nix::pty::openpty(None, None).expect("openpty");
+    let mut termios = nix::sys::termios::tcgetattr(&pty.slave).unwrap();
+    nix::sys::termios::cfmakeraw(&mut termios);
+    nix::sys::termios::tcsetattr(&pty.slave, nix::sys::termios::SetArg::TCSANOW, &termios).unwrap();
+    let tty = std::fs::read_link(format!("/proc/self/fd/{}", {
+        use std::os::fd::AsRawFd;
+        pty.slave.as_raw_fd()
+    }))
+    .unwrap();
+    let mut master = std::fs::File::from(pty.master);
+    master
+        .write_all(b"sensor v1.2 ready\ntemp=19.25 C, hum=40 %\ntemp=19.5 C, hum=41 %\n")
+        .unwrap();
+    let grants = Grants {
+        device: Some(device(
+            "serial0",
+            "udev",
+            &[("subsystem", "tty"), ("devnode", tty.to_str().unwrap())],
+        )),
+        paths: vec![path_grant(&tty, Access::ReadWrite)],
+        ..Grants::default()
+    };
+    let out = run(
+        "sensor-logger",
+        spec("sensor-logger", grants),
+        config(&[("samples", "2")]),
+    )
+    .await;
+    out.assert_ok();
+    let lines = out.lines();
+    assert_eq!(lines.len(), 2, "{}", out.stdout);
+    assert_eq!(lines[0]["readings"][0]["channel"], "temp");
+    assert_eq!(lines[0]["value"], 19.25);
+    assert_eq!(lines[0]["readings"][0]["unit"], "C");
+    assert_eq!(lines[0]["readings"][1]["value"], 40.0);
+    assert_eq!(lines[1]["value"], 19.5);
+    drop(pty.slave);
+}
+
+#[tokio::test]
+async fn keyvalue_state_survives_a_restart_and_config_reaches_the_guest() {
+    let dir = tempfile::tempdir().unwrap();
+    let frame = dir.path().join("frame.jpg");
+    std::fs::write(&frame, jpeg(32, 16)).unwrap();
+    let grants = Grants {
+        device: Some(device(
+            "cam0",
+            "static",
+            &[("kind", "camera"), ("devnode", frame.to_str().unwrap())],
+        )),
+        paths: vec![path_grant(&frame, Access::ReadOnly)],
+        ..Grants::default()
+    };
+    let world = || WorldSpec {
+        keyvalue_dir: Some(dir.path().join("state/keyvalue")),
+        ..config(&[("samples", "2")])
+    };
+    let first = run("camera-sampler", spec("kv-1", grants.clone()), world()).await;
+    first.assert_ok();
+    let totals = |o: &Outcome| -> Vec<u64> {
+        o.lines()
+            .iter()
+            .map(|l| l["total"].as_u64().unwrap())
+            .collect()
+    };
+    assert_eq!(totals(&first), [1, 2], "{}", first.stdout);
+    assert_eq!(first.lines()[0]["format"], "jpeg");
+    assert_eq!(first.lines()[0]["width"], 32);
+
+    // A new instance (a restart) continues the count from the persisted store.
+    let second = run("camera-sampler", spec("kv-2", grants.clone()), world()).await;
+    second.assert_ok();
+    assert_eq!(totals(&second), [3, 4], "{}", second.stdout);
+    assert!(dir.path().join("state/keyvalue/default.json").exists());
+
+    // Without a state dir, each instance starts empty.
+    let memory = run(
+        "camera-sampler",
+        spec("kv-3", grants),
+        config(&[("samples", "1")]),
+    )
+    .await;
+    assert_eq!(totals(&memory), [1], "{}", memory.stdout);
+}
+
+#[tokio::test]
+async fn an_ungranted_device_is_an_error_value_not_a_trap() {
+    // Nothing granted: the camera interface answers `not-granted`.
+    let out = run(
+        "camera-sampler",
+        spec("camera-sampler", Grants::default()),
+        WorldSpec::default(),
+    )
+    .await;
+    assert_eq!(
+        (out.status.code, out.status.reason),
+        (1, ExitReason::Exited),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        out.stderr.contains("no camera: no device was granted"),
+        "{}",
+        out.stderr
+    );
+
+    // A sensor granted, a camera asked for.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("in_temp_input"), "20000\n").unwrap();
+    let sensor = Grants {
+        device: Some(device(
+            "iio0",
+            "udev",
+            &[
+                ("subsystem", "iio"),
+                ("syspath", dir.path().to_str().unwrap()),
+            ],
+        )),
+        paths: vec![path_grant(dir.path(), Access::ReadOnly)],
+        ..Grants::default()
+    };
+    let out = run(
+        "camera-sampler",
+        spec("camera-sampler", sensor),
+        WorldSpec::default(),
+    )
+    .await;
+    assert_eq!(
+        (out.status.code, out.status.reason),
+        (1, ExitReason::Exited)
+    );
+    assert!(
+        out.stderr
+            .contains("the granted device iio0 is a sensor, not a camera"),
+        "{}",
+        out.stderr
+    );
+
+    // A device whose node was not granted as a path: the host does not open it on the guest's behalf.
+    let node = dir.path().join("video0");
+    std::fs::write(&node, [0u8; 16]).unwrap();
+    let no_path = Grants {
+        device: Some(device(
+            "cam",
+            "static",
+            &[("kind", "camera"), ("devnode", node.to_str().unwrap())],
+        )),
+        ..Grants::default()
+    };
+    let out = run(
+        "camera-sampler",
+        spec("camera-sampler", no_path),
+        WorldSpec::default(),
+    )
+    .await;
+    assert_eq!(
+        (out.status.code, out.status.reason),
+        (1, ExitReason::Exited)
+    );
+    assert!(
+        out.stderr.contains("is not among the paths granted"),
+        "{}",
+        out.stderr
+    );
+
+    // A camera granted, a sensor asked for, no fallback path: also an error value.
+    let camera = Grants {
+        device: Some(device(
+            "cam",
+            "onvif",
+            &[("snapshotUri", "http://192.0.2.1/s.jpg")],
+        )),
+        ..Grants::default()
+    };
+    let out = run(
+        "sensor-logger",
+        spec("sensor-logger", camera),
+        WorldSpec::default(),
+    )
+    .await;
+    assert_eq!(
+        (out.status.code, out.status.reason),
+        (1, ExitReason::Exited)
+    );
+    assert!(
+        out.stderr.contains("is a camera, not a sensor"),
+        "{}",
+        out.stderr
+    );
+}
