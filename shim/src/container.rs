@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, Instant, SystemTime};
 
 use edgewasm_runtime::{ExitReason, ExitStatus, Instance, InstanceSpec, Program};
 use tokio::sync::watch;
@@ -69,7 +69,15 @@ pub struct Container {
     pub workload: Workload,
     phase: Phase,
     exit_tx: watch::Sender<Option<Exit>>,
+    /// An exit caused by a request (kill, a failed start) is not reported before this instant.
+    report_exit_after: Option<Instant>,
 }
+
+/// How long an exit caused by a request waits before it is reported, so that the request's reply
+/// leaves first. containerd tears a task's connection down as soon as `wait` returns (CRI deletes
+/// the task, then closes the connection), which fails a reply still being written with
+/// "ttrpc: closed"; a real process takes about this long to die after a signal.
+pub const EXIT_AFTER_REPLY: Duration = Duration::from_millis(50);
 
 impl Container {
     pub fn new(id: String, bundle: PathBuf, workload: Workload) -> Self {
@@ -84,6 +92,7 @@ impl Container {
             workload,
             phase: Phase::Created,
             exit_tx: watch::channel(None).0,
+            report_exit_after: None,
         }
     }
 
@@ -102,6 +111,19 @@ impl Container {
 
     pub fn set_running(&mut self) {
         self.phase = Phase::Running;
+    }
+
+    /// Holds back the report of an exit this request causes until its reply has gone out.
+    pub fn hold_exit_for_reply(&mut self) {
+        self.report_exit_after
+            .get_or_insert_with(|| Instant::now() + EXIT_AFTER_REPLY);
+    }
+
+    /// How long an exit must still wait before it is reported (zero: report now).
+    pub fn exit_report_delay(&self) -> Duration {
+        self.report_exit_after.map_or(Duration::ZERO, |at| {
+            at.saturating_duration_since(Instant::now())
+        })
     }
 
     /// Records the exit (only the first one counts); returns whether this call recorded it.
@@ -141,6 +163,18 @@ mod tests {
         assert!(!c.finish(Exit::now(137, None)));
         assert_eq!(c.phase(), Phase::Stopped);
         assert_eq!(rx.borrow().as_ref().map(|e| e.code), Some(0));
+    }
+
+    #[test]
+    fn an_exit_a_request_causes_waits_for_the_reply() {
+        let mut c = Container::new("a".into(), PathBuf::new(), Workload::Sandbox);
+        assert_eq!(c.exit_report_delay(), Duration::ZERO);
+        c.hold_exit_for_reply();
+        let first = c.exit_report_delay();
+        assert!(first > Duration::ZERO && first <= EXIT_AFTER_REPLY);
+        // A second kill does not push the report further out.
+        c.hold_exit_for_reply();
+        assert!(c.exit_report_delay() <= first);
     }
 
     #[test]

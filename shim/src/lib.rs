@@ -22,11 +22,26 @@ pub async fn run() {
     containerd_shim::asynchronous::run::<shim::EdgewasmShim>(RUNTIME_TYPE, None).await;
 }
 
+/// Environment variable (in containerd's environment) naming a log file for the shim instead of
+/// containerd's per-task log fifo, which a shared shim loses once the task that started it is
+/// deleted: each shim process appends to `<value>.<pid>`.
+pub const LOG_FILE_ENV: &str = "EDGEWASM_SHIM_LOG_FILE";
+
 /// Sends tracing output to the `log` fifo containerd opened in the bundle directory (it copies it
-/// into its own log), or nowhere when there is none.
+/// into its own log), or to the file `EDGEWASM_SHIM_LOG_FILE` names, or nowhere.
 fn init_logging(debug: bool) {
     use tracing_subscriber::EnvFilter;
-    let Ok(fifo) = std::fs::OpenOptions::new().write(true).open("log") else {
+    let file = std::env::var_os(LOG_FILE_ENV).and_then(|path| {
+        let mut path = std::path::PathBuf::from(path).into_os_string();
+        path.push(format!(".{}", std::process::id()));
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .ok()
+    });
+    let Some(out) = file.or_else(|| std::fs::OpenOptions::new().write(true).open("log").ok())
+    else {
         return;
     };
     let filter = EnvFilter::try_from_env("EDGEWASM_SHIM_LOG")
@@ -34,6 +49,10 @@ fn init_logging(debug: bool) {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(false)
-        .with_writer(std::sync::Mutex::new(fifo))
+        .with_writer(std::sync::Mutex::new(out))
         .try_init();
+    // The shim's stderr is /dev/null: a panic must at least reach the log.
+    std::panic::set_hook(Box::new(|info| {
+        tracing::error!(pid = std::process::id(), "shim panicked: {info}");
+    }));
 }

@@ -142,8 +142,15 @@ impl Service {
         .await;
     }
 
-    /// Records an exit and publishes it (once).
+    /// Records an exit and publishes it (once), after the reply to the request that caused it.
     async fn finish(&self, id: &str, exit: Exit) {
+        let delay = self
+            .containers()
+            .get(id)
+            .map_or(std::time::Duration::ZERO, Container::exit_report_delay);
+        if !delay.is_zero() {
+            tokio::time::sleep(delay).await;
+        }
         let recorded = self
             .containers()
             .get_mut(id)
@@ -247,6 +254,16 @@ impl Service {
         container.stderr.clone_from(&req.stderr);
         container.sandbox_id = spec.sandbox_id().map(str::to_owned);
         Ok(container)
+    }
+
+    /// Finishes a container once the reply to the current request has gone out.
+    fn finish_after_reply(&self, id: &str, exit: Exit) {
+        if let Some(c) = self.containers().get_mut(id) {
+            c.hold_exit_for_reply();
+        }
+        let service = self.clone();
+        let id = id.to_owned();
+        tokio::spawn(async move { service.finish(&id, exit).await });
     }
 
     /// Watches a started instance and reports its exit; the guest's failure message also goes to its
@@ -365,8 +382,7 @@ impl Task for Service {
                 Err(e) => {
                     let message = format!("edgewasm: starting {}: {e}", req.id);
                     write_to_fifo(Path::new(&stderr), &format!("{message}\n"));
-                    self.finish(&req.id, Exit::now(128, Some(message.clone())))
-                        .await;
+                    self.finish_after_reply(&req.id, Exit::now(128, Some(message.clone())));
                     return Err(status(Code::FAILED_PRECONDITION, message));
                 }
             };
@@ -435,8 +451,10 @@ impl Task for Service {
     async fn kill(&self, _ctx: &TtrpcContext, req: api::KillRequest) -> TtrpcResult<api::Empty> {
         no_exec(&req.exec_id)?;
         let finish_now = {
-            let containers = self.containers();
-            let c = containers.get(&req.id).ok_or_else(|| not_found(&req.id))?;
+            let mut containers = self.containers();
+            let c = containers
+                .get_mut(&req.id)
+                .ok_or_else(|| not_found(&req.id))?;
             if req.signal == 0 {
                 return if c.phase() == Phase::Stopped {
                     Err(status(Code::NOT_FOUND, "process already finished"))
@@ -444,25 +462,23 @@ impl Task for Service {
                     Ok(api::Empty::default())
                 };
             }
-            match (&c.workload, c.phase()) {
-                (_, Phase::Stopped) => {
-                    return Err(status(Code::NOT_FOUND, "process already finished"));
-                }
-                (Workload::Sandbox, _) => Some(sandbox_exit_code(req.signal)),
-                (
-                    Workload::Wasm {
-                        instance: Some(i), ..
-                    },
-                    _,
-                ) => {
+            if c.phase() == Phase::Stopped {
+                return Err(status(Code::NOT_FOUND, "process already finished"));
+            }
+            c.hold_exit_for_reply();
+            match &c.workload {
+                Workload::Sandbox => Some(sandbox_exit_code(req.signal)),
+                Workload::Wasm {
+                    instance: Some(i), ..
+                } => {
                     i.kill(req.signal as i32);
                     None
                 }
-                (Workload::Wasm { instance: None, .. }, _) => Some(128 + req.signal),
+                Workload::Wasm { instance: None, .. } => Some(128 + req.signal),
             }
         };
         if let Some(code) = finish_now {
-            self.finish(&req.id, Exit::now(code, None)).await;
+            self.finish_after_reply(&req.id, Exit::now(code, None));
         }
         Ok(api::Empty::default())
     }

@@ -421,10 +421,6 @@ async fn exited(
     }
 }
 
-// Known bug (issue 7 stays open): under load, StopPodSandbox on the shared shim failed with
-// "failed to kill sandbox container: ttrpc: closed" after 70 containers in 20 pods had run; it
-// passes on a quiet machine. Run it with `cargo test -p containerd-shim-edgewasm -- --ignored`.
-#[ignore = "shared-shim teardown race under load: StopPodSandbox gets 'ttrpc: closed' (issue 7)"]
 #[tokio::test(flavor = "multi_thread")]
 async fn cri_runs_pods_many_per_shim() {
     let env = Env::start(true).await;
