@@ -72,7 +72,11 @@ struct Env {
 
 impl Env {
     async fn start(cri: bool) -> Self {
-        let config = ContainerdConfig::default().shim(SHIM).import_pause(cri);
+        Self::start_with(ContainerdConfig::default().import_pause(cri)).await
+    }
+
+    async fn start_with(config: ContainerdConfig) -> Self {
+        let config = config.shim(SHIM);
         let containerd = match Containerd::start(config).await {
             Ok(c) => c,
             Err(e) => panic!(
@@ -329,8 +333,28 @@ async fn cri(socket: &Path) -> RuntimeServiceClient<tonic::transport::Channel> {
     RuntimeServiceClient::new(edgewasm_testkit::kubelet::connect(socket).await.unwrap())
 }
 
+/// A host-network pod.
 fn sandbox_config(name: &str, logs: &Path) -> cri::PodSandboxConfig {
+    pod_config(name, logs, &[], true)
+}
+
+/// A pod with the given annotations, on the node's network or (through CNI) its own.
+fn pod_config(
+    name: &str,
+    logs: &Path,
+    annotations: &[(&str, String)],
+    host_network: bool,
+) -> cri::PodSandboxConfig {
+    let network = if host_network {
+        cri::NamespaceMode::Node
+    } else {
+        cri::NamespaceMode::Pod
+    };
     cri::PodSandboxConfig {
+        annotations: annotations
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), v.clone()))
+            .collect(),
         metadata: Some(cri::PodSandboxMetadata {
             name: name.into(),
             uid: format!("uid-{name}"),
@@ -341,7 +365,7 @@ fn sandbox_config(name: &str, logs: &Path) -> cri::PodSandboxConfig {
         linux: Some(cri::LinuxPodSandboxConfig {
             security_context: Some(cri::LinuxSandboxSecurityContext {
                 namespace_options: Some(cri::NamespaceOption {
-                    network: cri::NamespaceMode::Node as i32,
+                    network: network as i32,
                     ..Default::default()
                 }),
                 ..Default::default()
@@ -373,7 +397,20 @@ async fn create_container(
     name: &str,
     image: &str,
 ) -> Result<String, tonic::Status> {
+    create_container_with_args(rt, pod, config, name, image, &[]).await
+}
+
+/// Creates a container whose `args` follow the image's entrypoint (the module), as a Pod's do.
+async fn create_container_with_args(
+    rt: &mut RuntimeServiceClient<tonic::transport::Channel>,
+    pod: &str,
+    config: &cri::PodSandboxConfig,
+    name: &str,
+    image: &str,
+    args: &[&str],
+) -> Result<String, tonic::Status> {
     let container = cri::ContainerConfig {
+        args: args.iter().map(|a| (*a).to_owned()).collect(),
         metadata: Some(cri::ContainerMetadata {
             name: name.into(),
             attempt: 0,
@@ -514,5 +551,161 @@ async fn cri_runs_pods_many_per_shim() {
         "the shared shim exits once every pod is gone",
         Duration::from_secs(20),
         || env.containerd.shim_pids().is_empty(),
+    );
+}
+
+/// The IPv4 address CRI gave the pod.
+async fn pod_ip(
+    rt: &mut RuntimeServiceClient<tonic::transport::Channel>,
+    pod: &str,
+) -> std::net::Ipv4Addr {
+    let status = rt
+        .pod_sandbox_status(cri::PodSandboxStatusRequest {
+            pod_sandbox_id: pod.into(),
+            verbose: false,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .status
+        .unwrap();
+    let ip = status.network.map(|n| n.ip).unwrap_or_default();
+    ip.parse()
+        .unwrap_or_else(|_| panic!("pod {pod} has no IPv4 address: {ip:?}"))
+}
+
+/// Sends `GET path` and returns the whole response, if anything answers.
+fn http_get(addr: std::net::SocketAddr, path: &str) -> Option<String> {
+    let mut conn = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
+    conn.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(
+        conn,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut response = String::new();
+    conn.read_to_string(&mut response).ok()?;
+    Some(response)
+}
+
+/// A pod on a CNI bridge network: the wasi:http component listens on the pod IP, and a guest's
+/// outgoing connections leave from the pod's network namespace: the pod's own loopback and the
+/// bridge gateway are reachable as granted, a listener on the host's loopback is not.
+#[tokio::test(flavor = "multi_thread")]
+async fn cri_pods_get_their_own_network_namespace() {
+    let env = Env::start_with(ContainerdConfig::default().cni(true)).await;
+    let server = env.image(
+        CRI_NAMESPACE,
+        "reading-server",
+        &std::fs::read(examples().join("reading_server.wasm")).unwrap(),
+    );
+    let probe = env.image(
+        CRI_NAMESPACE,
+        "net-probe",
+        &std::fs::read(examples().join("net-probe.wasm")).unwrap(),
+    );
+    let logs = env.work.path().join("logs");
+    let mut rt = cri(env.containerd.socket()).await;
+
+    // Two listeners in the host's namespace: one on loopback only, one on every address (so also
+    // on the bridge's gateway address).
+    let host_loopback = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let host_any = std::net::TcpListener::bind("0.0.0.0:0").unwrap();
+    host_loopback.set_nonblocking(true).unwrap();
+    host_any.set_nonblocking(true).unwrap();
+    let loopback_port = host_loopback.local_addr().unwrap().port();
+    let any_port = host_any.local_addr().unwrap().port();
+
+    const HTTP_PORT: u16 = 8080;
+    // The test bridge's subnet is a random 10.x.y.0/24.
+    let grants = serde_json::json!({
+        "httpPort": HTTP_PORT,
+        "network": [
+            {"host": "127.0.0.1", "port": HTTP_PORT},
+            {"host": "127.0.0.1", "port": loopback_port},
+            {"host": "127.0.0.1", "port": any_port},
+            {"host": "10.0.0.0/8", "port": any_port},
+        ],
+    });
+    let config = pod_config(
+        "net-pod",
+        &logs,
+        &[("edgewasm.io/grants", grants.to_string())],
+        false,
+    );
+    let pod = run_pod(&mut rt, &config).await;
+    let ip = pod_ip(&mut rt, &pod).await;
+    let gateway = std::net::Ipv4Addr::from(u32::from(ip) & 0xffff_ff00 | 1);
+
+    // The HTTP component answers on the pod IP, from the host, through the bridge.
+    let id = create_container(&mut rt, &pod, &config, "server", &server)
+        .await
+        .unwrap();
+    rt.start_container(cri::StartContainerRequest {
+        container_id: id.clone(),
+    })
+    .await
+    .unwrap();
+    let pod_http = std::net::SocketAddr::from((ip, HTTP_PORT));
+    let mut response = String::new();
+    poll(
+        "the component answers on the pod IP",
+        Duration::from_secs(20),
+        || {
+            response = http_get(pod_http, "/healthz").unwrap_or_default();
+            response.starts_with("HTTP/1.1 200")
+        },
+    );
+    assert!(response.trim_end().ends_with("ok"), "{response}");
+
+    // A guest in the same pod: its connections start in the pod's namespace.
+    let targets = [
+        format!("127.0.0.1:{HTTP_PORT}"),
+        format!("{gateway}:{any_port}"),
+        format!("127.0.0.1:{loopback_port}"),
+        format!("127.0.0.1:{any_port}"),
+    ];
+    let args: Vec<&str> = targets.iter().map(String::as_str).collect();
+    let id = create_container_with_args(&mut rt, &pod, &config, "probe", &probe, &args)
+        .await
+        .unwrap();
+    rt.start_container(cri::StartContainerRequest {
+        container_id: id.clone(),
+    })
+    .await
+    .unwrap();
+    let status = exited(&mut rt, &id).await;
+    let log = std::fs::read_to_string(logs.join("net-pod/probe.log")).unwrap();
+    let outcome = |target: &str| {
+        log.lines()
+            .find(|l| l.contains(&format!("\"connect\":\"{target}\"")))
+            .unwrap_or_else(|| panic!("no line for {target}: {log}"))
+            .contains("\"ok\":true")
+    };
+    // What reached the host's listeners: only the gateway connection, from the pod IP.
+    let accepted = |listener: &std::net::TcpListener| {
+        std::iter::from_fn(|| listener.accept().ok().map(|(_, peer)| peer.ip())).collect::<Vec<_>>()
+    };
+    assert_eq!(accepted(&host_any), [std::net::IpAddr::V4(ip)], "{log}");
+    assert!(accepted(&host_loopback).is_empty(), "{log}");
+    assert!(outcome(&targets[0]), "the pod's own server: {log}");
+    assert!(outcome(&targets[1]), "the bridge gateway: {log}");
+    assert!(!outcome(&targets[2]), "the host's loopback: {log}");
+    assert!(!outcome(&targets[3]), "the host's loopback: {log}");
+    assert_eq!(status.exit_code, 1, "{log}");
+
+    rt.stop_pod_sandbox(cri::StopPodSandboxRequest {
+        pod_sandbox_id: pod.clone(),
+    })
+    .await
+    .unwrap();
+    rt.remove_pod_sandbox(cri::RemovePodSandboxRequest {
+        pod_sandbox_id: pod,
+    })
+    .await
+    .unwrap();
+    assert!(
+        http_get(pod_http, "/healthz").is_none(),
+        "the component stops with its pod"
     );
 }

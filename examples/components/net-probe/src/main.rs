@@ -19,7 +19,10 @@ fn main() {
             });
             all_ok &= outcome.is_ok();
             match outcome {
-                Ok(n) => println!("{{\"read\":\"{}\",\"ok\":true,\"bytes\":{n}}}", path.escape_default()),
+                Ok(n) => println!(
+                    "{{\"read\":\"{}\",\"ok\":true,\"bytes\":{n}}}",
+                    path.escape_default()
+                ),
                 Err(e) => println!(
                     "{{\"read\":\"{}\",\"ok\":false,\"error\":\"{}\"}}",
                     path.escape_default(),
@@ -31,7 +34,13 @@ fn main() {
         let outcome = arg
             .parse::<std::net::SocketAddr>()
             .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))
-            .and_then(|addr| std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5)));
+            .and_then(|addr| std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5)))
+            // On wasip2 a refused non-blocking connect can come back as Ok: only a socket with a
+            // peer is connected.
+            .and_then(|stream| match stream.take_error()? {
+                Some(e) => Err(e),
+                None => stream.peer_addr().map(|_| stream),
+            });
         all_ok &= outcome.is_ok();
         match outcome {
             Ok(_) => println!("{{\"connect\":\"{arg}\",\"ok\":true}}"),
