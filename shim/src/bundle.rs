@@ -14,6 +14,9 @@ pub const CONTAINER_TYPE_ANNOTATION: &str = "io.kubernetes.cri.container-type";
 pub const SANDBOX_ID_ANNOTATION: &str = "io.kubernetes.cri.sandbox-id";
 /// A pod annotation that asks for a shim process of the pod's own (`"true"`) instead of the shared one.
 pub const ISOLATED_SHIM_ANNOTATION: &str = "edgewasm.io/isolated-shim";
+/// The wall-clock limit in whole seconds the operator writes from a workload's `timeoutSeconds`;
+/// a container still running then ends with exit code 124 and says why.
+pub const TIMEOUT_ANNOTATION: &str = "edgewasm.io/timeout-seconds";
 
 /// One container's spec, as far as the shim cares.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -39,6 +42,8 @@ pub enum BundleError {
     Spec { path: PathBuf, message: String },
     #[error("annotation {GRANTS_ANNOTATION} is not valid grants JSON: {0}")]
     Grants(serde_json::Error),
+    #[error("annotation {TIMEOUT_ANNOTATION} must be a positive number of seconds, not {0:?}")]
+    Timeout(String),
     #[error("process.args is empty: args[0] must name the .wasm file in the image")]
     NoProgram,
     #[error("{wasm} not found in the container's rootfs (looked in {searched})")]
@@ -139,6 +144,21 @@ impl BundleSpec {
     pub fn grants(&self) -> Result<Grants, BundleError> {
         Grants::from_annotation(self.annotations.get(GRANTS_ANNOTATION).map(String::as_str))
             .map_err(BundleError::Grants)
+    }
+
+    /// The wall-clock limit from the `edgewasm.io/timeout-seconds` annotation; none without it.
+    pub fn timeout(&self) -> Result<Option<std::time::Duration>, BundleError> {
+        self.annotations
+            .get(TIMEOUT_ANNOTATION)
+            .map(|v| {
+                v.trim()
+                    .parse::<u64>()
+                    .ok()
+                    .filter(|&s| s > 0)
+                    .map(std::time::Duration::from_secs)
+                    .ok_or_else(|| BundleError::Timeout(v.clone()))
+            })
+            .transpose()
     }
 
     /// Which shim process serves this container, as a key unique within one containerd namespace:
@@ -271,6 +291,33 @@ mod tests {
         assert_eq!(s.limits, Limits::default());
         assert_eq!(s.grants().unwrap(), Grants::default());
         assert_eq!(s.sandbox_id(), None);
+    }
+
+    #[test]
+    fn timeout_annotation_in_seconds() {
+        let mut s = BundleSpec::parse(SPEC).unwrap();
+        assert_eq!(s.timeout().unwrap(), None);
+        for (value, want) in [
+            ("30", Some(30)),
+            (" 5 ", Some(5)),
+            ("0", None),
+            ("1.5", None),
+            ("x", None),
+        ] {
+            s.annotations
+                .insert(TIMEOUT_ANNOTATION.into(), value.into());
+            assert_eq!(
+                s.timeout().ok().flatten().map(|d| d.as_secs()),
+                want,
+                "{value:?}"
+            );
+        }
+        assert!(
+            s.timeout()
+                .unwrap_err()
+                .to_string()
+                .contains("positive number of seconds")
+        );
     }
 
     #[test]

@@ -188,6 +188,10 @@ impl Service {
             c
         } else {
             let grants = spec.grants().map_err(|e| invalid(&e))?;
+            let limits = edgewasm_runtime::Limits {
+                deadline: spec.timeout().map_err(|e| invalid(&e))?,
+                ..spec.limits
+            };
             let args0 = spec
                 .args
                 .first()
@@ -233,7 +237,7 @@ impl Service {
                     stdout: path(&req.stdout),
                     stderr: path(&req.stderr),
                 },
-                limits: spec.limits,
+                limits,
                 netns: netns.clone(),
                 http_bind: None,
             };
@@ -273,7 +277,12 @@ impl Service {
         tokio::spawn(async move {
             let status = instance.wait().await;
             if let Some(message) = status.message.as_deref().filter(|_| !status.success()) {
-                write_to_fifo(Path::new(&stderr), &format!("edgewasm: {message}\n"));
+                let why = if status.reason == edgewasm_runtime::ExitReason::DeadlineExceeded {
+                    format!(" (annotation {})", crate::bundle::TIMEOUT_ANNOTATION)
+                } else {
+                    String::new()
+                };
+                write_to_fifo(Path::new(&stderr), &format!("edgewasm: {message}{why}\n"));
             }
             service.finish(&id, Exit::from_status(&status)).await;
         });

@@ -238,6 +238,27 @@ async fn ctr_runs_modules_and_components() {
         .ctr(NS)
         .run(&["containers", "delete", "corrupt"]);
 
+    // The operator's timeout annotation: a guest still running then ends with 124 and says why.
+    let spin = env.image(NS, "spin", &wat::parse_str(SPIN_WAT).unwrap());
+    let out = env.run(
+        &spin,
+        "timeout",
+        &["--annotation", "edgewasm.io/timeout-seconds=1"],
+        &[],
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(124),
+        "stderr: {}",
+        text(&out.stderr)
+    );
+    assert!(
+        text(&out.stderr)
+            .contains("deadline of 1s exceeded (annotation edgewasm.io/timeout-seconds)"),
+        "{}",
+        text(&out.stderr)
+    );
+
     // Memory limit from linux.resources.
     let grow = env.image(NS, "grow", &wat::parse_str(GROW_WAT).unwrap());
     let out = env.run(&grow, "grow", &["--memory-limit", "4194304"], &[]);
