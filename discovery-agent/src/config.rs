@@ -101,8 +101,11 @@ pub struct OnvifConfig {
     /// except loopback.
     #[serde(default)]
     pub interfaces: Vec<String>,
-    /// File with `username` and `password` (YAML) for GetDeviceInformation; without it the agent
-    /// reports only what discovery tells.
+    /// Ask each camera for GetDeviceInformation (manufacturer, model, firmware, serial, hardware id).
+    #[serde(default = "yes")]
+    pub device_information: bool,
+    /// File with `username` and `password` (YAML, mounted from a Secret) for GetDeviceInformation
+    /// with a WS-UsernameToken digest; without it the agent asks unauthenticated.
     #[serde(default)]
     pub credentials_file: Option<PathBuf>,
     /// Only cameras announcing one of these scopes (prefix match); empty means any.

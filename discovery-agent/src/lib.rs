@@ -9,6 +9,8 @@ pub mod agent;
 pub mod config;
 pub mod metrics;
 pub mod onvif;
+pub mod onvif_info;
+pub mod opcua;
 pub mod publisher;
 pub mod static_file;
 pub mod udev;
@@ -104,12 +106,8 @@ pub fn build_handlers(cfg: &AgentConfig, node: &str) -> anyhow::Result<Vec<Box<d
     if let Some(c) = cfg.handlers.onvif.as_ref().filter(|c| c.enabled) {
         handlers.push(Box::new(onvif::OnvifHandler::new(c.clone())));
     }
-    if cfg.handlers.opcua.as_ref().is_some_and(|c| c.enabled) {
-        // Not built yet (issue 5): say so instead of silently discovering nothing.
-        tracing::warn!(
-            "the opcua handler is not available in this build; its configuration is ignored"
-        );
-        crate::metrics::bad_input("opcua", "not-available");
+    if let Some(c) = cfg.handlers.opcua.as_ref().filter(|c| c.enabled) {
+        handlers.push(Box::new(crate::opcua::OpcuaHandler::new(c.clone())));
     }
     tracing::debug!(node, count = handlers.len(), "handlers built");
     Ok(handlers)

@@ -33,6 +33,7 @@ struct Metrics {
     bad_input: Family<HandlerReason, Counter>,
     events: Family<HandlerKind, Counter>,
     api_writes: Family<Outcome, Counter>,
+    probe_failures: Family<HandlerReason, Counter>,
     devices: Gauge,
     pending: Gauge,
 }
@@ -51,11 +52,17 @@ fn metrics() -> &'static Metrics {
         registry.register("events", "Device events reported by handlers", events.clone());
         let api_writes = Family::default();
         registry.register("api_writes", "Writes to the Kubernetes API by outcome", api_writes.clone());
+        let probe_failures = Family::default();
+        registry.register(
+            "probe_failures",
+            "Requests to devices that failed (unreachable, timed out, refused credentials) by handler and reason",
+            probe_failures.clone(),
+        );
         let devices = Gauge::default();
         registry.register("devices", "Devices currently seen from this node", devices.clone());
         let pending = Gauge::default();
         registry.register("pending_devices", "Devices whose latest state is not yet written to the API", pending.clone());
-        Metrics { registry, bad_input, events, api_writes, devices, pending }
+        Metrics { registry, bad_input, events, api_writes, probe_failures, devices, pending }
     })
 }
 
@@ -68,6 +75,28 @@ pub fn bad_input(handler: &str, reason: &str) {
             reason: reason.into(),
         })
         .inc();
+}
+
+/// Count a request to a device that failed.
+pub fn probe_failure(handler: &str, reason: &str) {
+    metrics()
+        .probe_failures
+        .get_or_create(&HandlerReason {
+            handler: handler.into(),
+            reason: reason.into(),
+        })
+        .inc();
+}
+
+/// The current value of the probe-failure counter (for tests).
+pub fn probe_failure_count(handler: &str, reason: &str) -> u64 {
+    metrics()
+        .probe_failures
+        .get_or_create(&HandlerReason {
+            handler: handler.into(),
+            reason: reason.into(),
+        })
+        .get()
 }
 
 /// Count an event from a handler (`seen`, `gone`, `resync`).
@@ -89,6 +118,16 @@ pub fn api_write(outcome: &str) {
             outcome: outcome.into(),
         })
         .inc();
+}
+
+/// The current value of the API-write counter (for tests).
+pub fn api_write_count(outcome: &str) -> u64 {
+    metrics()
+        .api_writes
+        .get_or_create(&Outcome {
+            outcome: outcome.into(),
+        })
+        .get()
 }
 
 /// Set the number of devices this node sees and how many are waiting to be written.

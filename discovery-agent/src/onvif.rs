@@ -1,5 +1,6 @@
 //! The `onvif` handler: cameras found with WS-Discovery Probes per interface, kept current by their
-//! Hello and Bye announcements, with a slow re-probe as the safety net.
+//! Hello and Bye announcements, with a slow re-probe as the safety net, and described by their
+//! GetDeviceInformation answer when they give one.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
@@ -15,6 +16,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{OnvifConfig, cidr_contains, parse_cidr};
+use crate::onvif_info::DeviceInfoClient;
 use crate::wsdiscovery::{self, Body, Endpoint, MAX_MESSAGE_BYTES, MULTICAST_ADDR, PORT};
 use crate::{DeviceEvent, DiscoveredDevice, Handler};
 
@@ -28,6 +30,15 @@ const MAX_MISSED_ROUNDS: u32 = 2;
 const SENT_IDS: usize = 32;
 /// Most cameras tracked; beyond it new announcements are dropped (and counted).
 const MAX_CAMERAS: usize = 4096;
+/// Most GetDeviceInformation calls in flight at once.
+const MAX_INFO_CALLS: usize = 8;
+
+/// A GetDeviceInformation answer: endpoint address, XAddr asked, what the camera said.
+type InfoAnswer = (
+    String,
+    String,
+    Result<BTreeMap<String, String>, crate::onvif_info::InfoError>,
+);
 
 /// ONVIF camera discovery.
 pub struct OnvifHandler {
@@ -213,12 +224,38 @@ struct Camera {
     device: DiscoveredDevice,
     missed: u32,
     answered_this_round: bool,
+    /// What GetDeviceInformation told, once it answered.
+    info: Option<BTreeMap<String, String>>,
+    /// GetDeviceInformation was asked this round (it is asked again next round when it failed).
+    info_asked: bool,
+}
+
+/// The XAddr to ask GetDeviceInformation at: on the camera's address, HTTP before HTTPS.
+pub fn info_xaddr(d: &DiscoveredDevice) -> Option<String> {
+    let ip = d.properties.get("ip");
+    let xaddrs: Vec<&str> = d
+        .properties
+        .get("xaddrs")
+        .map(|x| x.split_whitespace().collect())
+        .unwrap_or_default();
+    let on_ip = |x: &&str| url_host(x).is_some_and(|(h, _)| Some(&h) == ip);
+    let scheme = |s: &'static str| move |x: &&str| x.starts_with(s);
+    let find = |pred: &dyn Fn(&&str) -> bool| xaddrs.iter().copied().find(|x| pred(x));
+    find(&|x| on_ip(x) && scheme("http://")(x))
+        .or_else(|| find(&|x| on_ip(x) && scheme("https://")(x)))
+        .or_else(|| find(&scheme("http://")))
+        .or_else(|| find(&scheme("https://")))
+        .map(str::to_string)
 }
 
 struct State {
     filters: Filters,
     cameras: BTreeMap<String, Camera>,
     sent_ids: VecDeque<String>,
+    /// Whether to ask cameras for GetDeviceInformation.
+    ask_info: bool,
+    /// GetDeviceInformation calls to start: (endpoint address, XAddr).
+    info_wanted: Vec<(String, String)>,
 }
 
 impl State {
@@ -274,7 +311,7 @@ impl State {
         if !(ep.is_video_transmitter() || probe_reply && ep.types.is_empty()) {
             return None;
         }
-        let device = describe(ep, source, neighbour_mac(source));
+        let mut device = describe(ep, source, neighbour_mac(source));
         if !self.filters.accepts(&device) {
             return None;
         }
@@ -289,13 +326,43 @@ impl State {
                 device: DiscoveredDevice::new(HANDLER, ""),
                 missed: 0,
                 answered_this_round: false,
+                info: None,
+                info_asked: false,
             });
         entry.missed = 0;
         entry.answered_this_round |= probe_reply;
+        match &entry.info {
+            // What the camera says about itself beats what its scopes suggest (`model`).
+            Some(info) => device.properties.extend(info.clone()),
+            None if self.ask_info && !entry.info_asked => {
+                if let Some(xaddr) = info_xaddr(&device) {
+                    entry.info_asked = true;
+                    self.info_wanted.push((ep.address.clone(), xaddr));
+                }
+            }
+            None => {}
+        }
         if entry.device == device {
             return None;
         }
         entry.device = device.clone();
+        Some(DeviceEvent::Seen(device))
+    }
+
+    /// GetDeviceInformation answered: the camera's device with those properties, when it changed.
+    fn info_arrived(
+        &mut self,
+        address: &str,
+        info: BTreeMap<String, String>,
+    ) -> Option<DeviceEvent> {
+        let camera = self.cameras.get_mut(address)?;
+        let mut device = camera.device.clone();
+        device.properties.extend(info.clone());
+        camera.info = Some(info);
+        if camera.device == device {
+            return None;
+        }
+        camera.device = device.clone();
         Some(DeviceEvent::Seen(device))
     }
 
@@ -306,6 +373,7 @@ impl State {
                 c.missed += 1;
             }
             c.answered_this_round = false;
+            c.info_asked = false;
             let keep = c.missed < MAX_MISSED_ROUNDS;
             if !keep {
                 tracing::info!(camera = %address, "camera stopped answering probes");
@@ -328,10 +396,24 @@ impl Handler for OnvifHandler {
         shutdown: CancellationToken,
     ) -> anyhow::Result<()> {
         let filters = Filters::new(&self.cfg)?;
+        let info_client = if self.cfg.device_information {
+            if self.cfg.credentials_file.is_none() {
+                tracing::info!(
+                    "no ONVIF credentials file; asking cameras for GetDeviceInformation unauthenticated"
+                );
+            }
+            Some(Arc::new(DeviceInfoClient::new(
+                self.cfg.credentials_file.clone(),
+            )?))
+        } else {
+            None
+        };
         let mut state = State {
             filters,
             cameras: BTreeMap::new(),
             sent_ids: VecDeque::new(),
+            ask_info: info_client.is_some(),
+            info_wanted: Vec::new(),
         };
         let interfaces = interface_addresses(&self.cfg.interfaces)?;
         anyhow::ensure!(
@@ -362,6 +444,8 @@ impl Handler for OnvifHandler {
             probers.push((name.clone(), s));
         }
         drop(tx);
+        let (info_tx, mut info_rx) = mpsc::channel::<InfoAnswer>(64);
+        let info_calls = Arc::new(tokio::sync::Semaphore::new(MAX_INFO_CALLS));
 
         let period = Duration::from_secs(self.cfg.probe_interval_seconds.max(5));
         let mut next_probe = Instant::now();
@@ -403,10 +487,54 @@ impl Handler for OnvifHandler {
                             return Ok(());
                         }
                     }
+                    if let Some(client) = &info_client {
+                        for (address, xaddr) in state.info_wanted.drain(..) {
+                            spawn_info_call(client.clone(), address, xaddr, info_calls.clone(), info_tx.clone(), readers.clone());
+                        }
+                    }
                 }
+                Some((address, xaddr, result)) = info_rx.recv() => match result {
+                    Ok(info) => {
+                        if let Some(ev) = state.info_arrived(&address, info) {
+                            tracing::info!(event = ?ev, "ONVIF camera described itself");
+                            if events.send(ev).await.is_err() {
+                                return Ok(());
+                            }
+                        }
+                    }
+                    Err(e) => {
+                        // The camera stays published with what discovery told.
+                        tracing::warn!(camera = %address, %xaddr, error = %e, "ONVIF GetDeviceInformation failed");
+                        crate::metrics::probe_failure(HANDLER, e.reason());
+                    }
+                },
             }
         }
     }
+}
+
+fn spawn_info_call(
+    client: Arc<DeviceInfoClient>,
+    address: String,
+    xaddr: String,
+    slots: Arc<tokio::sync::Semaphore>,
+    done: mpsc::Sender<InfoAnswer>,
+    stop: CancellationToken,
+) {
+    tokio::spawn(async move {
+        let call = async {
+            let _slot = slots.acquire().await.ok()?;
+            Some(client.fetch(&xaddr).await)
+        };
+        let result = tokio::select! {
+            () = stop.cancelled() => return,
+            r = call => match r {
+                Some(r) => r,
+                None => return,
+            },
+        };
+        let _ = done.send((address, xaddr, result)).await;
+    });
 }
 
 fn spawn_reader(
@@ -434,4 +562,33 @@ fn spawn_reader(
             }
         }
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn camera(ip: &str, xaddrs: &str) -> DiscoveredDevice {
+        let mut d = DiscoveredDevice::new(HANDLER, "urn:uuid:x");
+        d.properties.insert("ip".into(), ip.into());
+        d.properties.insert("xaddrs".into(), xaddrs.into());
+        d
+    }
+
+    #[test]
+    fn device_information_is_asked_on_the_cameras_own_address_over_http_first() {
+        let d = camera(
+            "10.0.0.5",
+            "https://10.0.0.5/onvif/device_service http://[fe80::1]/onvif http://10.0.0.5/onvif/device_service",
+        );
+        assert_eq!(
+            info_xaddr(&d).as_deref(),
+            Some("http://10.0.0.5/onvif/device_service")
+        );
+        let d = camera("10.0.0.5", "http://192.0.2.1/onvif https://10.0.0.5/onvif");
+        assert_eq!(info_xaddr(&d).as_deref(), Some("https://10.0.0.5/onvif"));
+        let d = camera("10.0.0.5", "http://192.0.2.1/onvif");
+        assert_eq!(info_xaddr(&d).as_deref(), Some("http://192.0.2.1/onvif"));
+        assert_eq!(info_xaddr(&camera("10.0.0.5", "ftp://10.0.0.5/")), None);
+    }
 }

@@ -1,9 +1,11 @@
 //! The ONVIF handler against a simulated camera in a network namespace joined by a veth pair: the
-//! camera answers Probes, announces itself with Hello and leaves with Bye. Needs root and `ip`.
+//! camera answers Probes, announces itself with Hello and leaves with Bye, and its device service
+//! answers GetDeviceInformation after checking the WS-UsernameToken digest. Needs root and `ip`.
 
 mod common;
 
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
+use std::io::{Read as _, Write as _};
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream, UdpSocket};
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -81,8 +83,11 @@ impl Netns {
         ns
     }
 
-    /// A UDP socket created inside the namespace (setns affects only the calling thread).
-    fn socket(&self, f: impl FnOnce() -> std::io::Result<UdpSocket> + Send + 'static) -> UdpSocket {
+    /// A socket created inside the namespace (setns affects only the calling thread).
+    fn socket<T: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> std::io::Result<T> + Send + 'static,
+    ) -> T {
         let path = format!("/run/netns/{}", self.name);
         std::thread::spawn(move || {
             let ns = std::fs::File::open(&path).expect("opening the namespace");
@@ -115,12 +120,22 @@ struct Camera {
     addr: Ipv4Addr,
 }
 
+/// Each simulated camera has its own device service path (and password).
+fn service_path(id: &str) -> &'static str {
+    if id == CAM2 {
+        "/onvif/cam2"
+    } else {
+        "/onvif/device_service"
+    }
+}
+
 fn endpoint_xml(id: &str, addr: Ipv4Addr) -> String {
     format!(
         "<a:EndpointReference><a:Address>{id}</a:Address></a:EndpointReference>\
          <d:Types>dn:NetworkVideoTransmitter</d:Types>\
          <d:Scopes>onvif://www.onvif.org/name/SimCam onvif://www.onvif.org/hardware/Sim-1</d:Scopes>\
-         <d:XAddrs>http://{addr}:8000/onvif/device_service</d:XAddrs><d:MetadataVersion>1</d:MetadataVersion>"
+         <d:XAddrs>http://{addr}:{SERVICE_PORT}{}</d:XAddrs><d:MetadataVersion>1</d:MetadataVersion>",
+        service_path(id)
     )
 }
 
@@ -137,7 +152,7 @@ fn envelope(action: &str, relates_to: Option<&str>, body: &str) -> String {
 impl Camera {
     fn start(ns: &Netns, ids: &[&str]) -> Self {
         let addr = ns.camera_addr;
-        let socket = ns.socket(move || {
+        let socket: UdpSocket = ns.socket(move || {
             use socket2::{Domain, Protocol, Socket, Type};
             let s = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP))?;
             s.set_reuse_address(true)?;
@@ -228,13 +243,173 @@ impl Drop for Camera {
 
 const CAM1: &str = "urn:uuid:5f1c0e7a-0000-4000-8000-000000000001";
 const CAM2: &str = "urn:uuid:5f1c0e7a-0000-4000-8000-000000000002";
+const SERVICE_PORT: u16 = 8000;
+const USER: &str = "admin";
+/// CAM1's password, the one in the agent's credentials file.
+const PASSWORD: &str = "s3cret";
+/// CAM2's password, which the agent does not know.
+const OTHER_PASSWORD: &str = "other";
+
+/// The cameras' ONVIF device service: GetDeviceInformation over HTTP, answered only when the
+/// UsernameToken's PasswordDigest matches the password of the requested path.
+struct DeviceService {
+    addr: Ipv4Addr,
+    accepted: Arc<Mutex<u32>>,
+    rejected: Arc<Mutex<u32>>,
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+/// The text of the first element with this local name (`<wsse:Password Type="...">text<`).
+fn element<'a>(xml: &'a str, name: &str) -> Option<&'a str> {
+    xml.match_indices('<').find_map(|(i, _)| {
+        let tag = &xml[i + 1..];
+        let end = tag.find(['>', ' ', '/'])?;
+        let local = tag[..end].rsplit(':').next()?;
+        if local != name {
+            return None;
+        }
+        let text = &tag[tag.find('>')? + 1..];
+        Some(&text[..text.find('<')?])
+    })
+}
+
+/// Checks the digest the way a camera does: SHA-1 over the decoded nonce, Created and the password.
+fn digest_ok(request: &str, password: &str) -> bool {
+    use base64::Engine as _;
+    use sha1::Digest as _;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let (Some(user), Some(digest), Some(nonce), Some(created)) = (
+        element(request, "Username"),
+        element(request, "Password"),
+        element(request, "Nonce"),
+        element(request, "Created"),
+    ) else {
+        return false;
+    };
+    let Ok(nonce) = b64.decode(nonce) else {
+        return false;
+    };
+    let mut h = sha1::Sha1::new();
+    h.update(&nonce);
+    h.update(created.as_bytes());
+    h.update(password.as_bytes());
+    user == USER && request.contains("#PasswordDigest") && b64.encode(h.finalize()) == digest
+}
+
+const INFO_RESPONSE: &str = r#"<?xml version="1.0" encoding="UTF-8"?><env:Envelope xmlns:env="http://www.w3.org/2003/05/soap-envelope" xmlns:tds="http://www.onvif.org/ver10/device/wsdl"><env:Body><tds:GetDeviceInformationResponse><tds:Manufacturer>SimVendor</tds:Manufacturer><tds:Model>SimCam-1000</tds:Model><tds:FirmwareVersion>2.4.1</tds:FirmwareVersion><tds:SerialNumber>SN-0001</tds:SerialNumber><tds:HardwareId>HW-77</tds:HardwareId></tds:GetDeviceInformationResponse></env:Body></env:Envelope>"#;
+const NOT_AUTHORIZED: &str = r#"<?xml version="1.0" encoding="UTF-8"?><env:Envelope xmlns:env="http://www.w3.org/2003/05/soap-envelope" xmlns:ter="http://www.onvif.org/ver10/error"><env:Body><env:Fault><env:Code><env:Value>env:Sender</env:Value><env:Subcode><env:Value>ter:NotAuthorized</env:Value></env:Subcode></env:Code><env:Reason><env:Text xml:lang="en">Sender not Authorized</env:Text></env:Reason></env:Fault></env:Body></env:Envelope>"#;
+
+impl DeviceService {
+    fn start(ns: &Netns) -> Self {
+        let addr = ns.camera_addr;
+        let listener = ns.socket(move || TcpListener::bind((addr, SERVICE_PORT)));
+        let accepted = Arc::new(Mutex::new(0));
+        let rejected = Arc::new(Mutex::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = {
+            let (accepted, rejected, stop) = (accepted.clone(), rejected.clone(), stop.clone());
+            std::thread::spawn(move || {
+                for conn in listener.incoming() {
+                    if stop.load(Ordering::Relaxed) {
+                        return;
+                    }
+                    let Ok(mut conn) = conn else { continue };
+                    let _ = conn.set_read_timeout(Some(Duration::from_secs(5)));
+                    let Some((path, body)) = read_request(&mut conn) else {
+                        continue;
+                    };
+                    let password = if path == service_path(CAM2) {
+                        OTHER_PASSWORD
+                    } else {
+                        PASSWORD
+                    };
+                    let ok = body.contains("GetDeviceInformation") && digest_ok(&body, password);
+                    *(if ok { &accepted } else { &rejected }).lock().unwrap() += 1;
+                    let (status, answer) = if ok {
+                        ("200 OK", INFO_RESPONSE)
+                    } else {
+                        ("400 Bad Request", NOT_AUTHORIZED)
+                    };
+                    let _ = write!(
+                        conn,
+                        "HTTP/1.1 {status}\r\nContent-Type: application/soap+xml; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{answer}",
+                        answer.len()
+                    );
+                }
+            })
+        };
+        Self {
+            addr,
+            accepted,
+            rejected,
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+/// The path and body of one HTTP request.
+fn read_request(conn: &mut TcpStream) -> Option<(String, String)> {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    let head_end = loop {
+        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+        let n = conn.read(&mut chunk).ok().filter(|&n| n > 0)?;
+        buf.extend_from_slice(&chunk[..n]);
+    };
+    let head = String::from_utf8_lossy(&buf[..head_end]).to_string();
+    let path = head.split_whitespace().nth(1)?.to_string();
+    let len: usize = head
+        .lines()
+        .find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.eq_ignore_ascii_case("content-length")
+                .then(|| v.trim().parse().ok())?
+        })
+        .unwrap_or(0);
+    while buf.len() < head_end + len {
+        let n = conn.read(&mut chunk).ok().filter(|&n| n > 0)?;
+        buf.extend_from_slice(&chunk[..n]);
+    }
+    Some((path, String::from_utf8_lossy(&buf[head_end..]).into_owned()))
+}
+
+impl Drop for DeviceService {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        // Wake the blocking accept.
+        let _ = TcpStream::connect_timeout(
+            &SocketAddr::from((self.addr, SERVICE_PORT)),
+            Duration::from_secs(1),
+        );
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn camera_in_a_network_namespace() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter("edgewasm_discovery_agent=debug")
+        .with_test_writer()
+        .try_init();
     let ns = Netns::create();
     let camera = Camera::start(&ns, &[CAM1]);
+    let service = DeviceService::start(&ns);
+    let secrets = tempfile::tempdir().unwrap();
+    let credentials = secrets.path().join("credentials.yaml");
+    std::fs::write(
+        &credentials,
+        format!("username: {USER}\npassword: {PASSWORD}\n"),
+    )
+    .unwrap();
     let cfg = OnvifConfig {
         interfaces: vec![ns.host_if.clone()],
+        credentials_file: Some(credentials),
         probe_interval_seconds: 3600,
         ip_ranges: vec!["169.254.0.0/16".into()],
         ..OnvifConfig::default()
@@ -264,6 +439,26 @@ async fn camera_in_a_network_namespace() {
         "MAC from the neighbour table: {:?}",
         d.properties
     );
+    // GetDeviceInformation with the right digest adds what the camera says about itself.
+    let ev = h
+        .wait_for("camera 1 with its device information", |e| {
+            matches!(e, DeviceEvent::Seen(d) if d.identity == CAM1 && d.properties.contains_key("manufacturer"))
+        })
+        .await;
+    let DeviceEvent::Seen(d) = ev else {
+        unreachable!()
+    };
+    let p = &d.properties;
+    assert_eq!(p["manufacturer"], "SimVendor");
+    assert_eq!(
+        p["model"], "SimCam-1000",
+        "the camera's own model beats its scope"
+    );
+    assert_eq!(p["firmwareVersion"], "2.4.1");
+    assert_eq!(p["serial"], "SN-0001");
+    assert_eq!(p["hardwareId"], "HW-77");
+    assert_eq!(p["name"], "SimCam");
+    assert!(*service.accepted.lock().unwrap() >= 1);
     // The probe round closes with the full set.
     let ev = h
         .wait_for("the first round's full set", |e| {
@@ -271,16 +466,32 @@ async fn camera_in_a_network_namespace() {
         })
         .await;
     assert!(
-        matches!(&ev, DeviceEvent::Resync { devices, .. } if devices.len() == 1 && devices[0].identity == CAM1)
+        matches!(&ev, DeviceEvent::Resync { devices, .. } if devices.len() == 1 && devices[0].identity == CAM1 && devices[0].properties["serial"] == "SN-0001")
     );
 
-    // A second camera announces itself: no need to wait for a probe.
+    // A second camera announces itself: no need to wait for a probe. Its password is not the one
+    // the agent has: the camera refuses, the refusal is counted, the camera is published anyway.
+    let refused_before = metrics::probe_failure_count("onvif", "unauthorized");
     camera.hello(CAM2);
-    h.wait_for(
-        "camera 2 from its Hello",
-        |e| matches!(e, DeviceEvent::Seen(d) if d.identity == CAM2),
-    )
-    .await;
+    let ev = h
+        .wait_for(
+            "camera 2 from its Hello",
+            |e| matches!(e, DeviceEvent::Seen(d) if d.identity == CAM2),
+        )
+        .await;
+    assert!(matches!(&ev, DeviceEvent::Seen(d) if !d.properties.contains_key("manufacturer")));
+    let deadline = std::time::Instant::now() + common::DEADLINE;
+    while metrics::probe_failure_count("onvif", "unauthorized") == refused_before {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the refused GetDeviceInformation is counted"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        *service.rejected.lock().unwrap() >= 1,
+        "the camera checked the digest"
+    );
 
     // A spoofed Bye for an unknown device and hostile datagrams are counted and ignored.
     let unknown_before = metrics::bad_input_count("onvif", "unknown-bye");
