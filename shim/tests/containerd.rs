@@ -418,19 +418,12 @@ async fn create_container(
     name: &str,
     image: &str,
 ) -> Result<String, tonic::Status> {
-    create_container_with_args(rt, pod, config, name, image, &[]).await
+    create_container_from(rt, pod, config, container_config(name, image, &[])).await
 }
 
-/// Creates a container whose `args` follow the image's entrypoint (the module), as a Pod's do.
-async fn create_container_with_args(
-    rt: &mut RuntimeServiceClient<tonic::transport::Channel>,
-    pod: &str,
-    config: &cri::PodSandboxConfig,
-    name: &str,
-    image: &str,
-    args: &[&str],
-) -> Result<String, tonic::Status> {
-    let container = cri::ContainerConfig {
+/// A container whose `args` follow the image's entrypoint (the module), as a Pod's do.
+fn container_config(name: &str, image: &str, args: &[&str]) -> cri::ContainerConfig {
+    cri::ContainerConfig {
         args: args.iter().map(|a| (*a).to_owned()).collect(),
         metadata: Some(cri::ContainerMetadata {
             name: name.into(),
@@ -442,7 +435,15 @@ async fn create_container_with_args(
         }),
         log_path: format!("{name}.log"),
         ..Default::default()
-    };
+    }
+}
+
+async fn create_container_from(
+    rt: &mut RuntimeServiceClient<tonic::transport::Channel>,
+    pod: &str,
+    config: &cri::PodSandboxConfig,
+    container: cri::ContainerConfig,
+) -> Result<String, tonic::Status> {
     rt.create_container(cri::CreateContainerRequest {
         pod_sandbox_id: pod.into(),
         config: Some(container),
@@ -517,6 +518,91 @@ async fn cri_runs_pods_many_per_shim() {
             || err.message().contains("not a WebAssembly"),
         "{err}"
     );
+
+    // The Pod's limits reach the shim as linux.resources: growing past the memory limit ends the
+    // guest, and CRI reports it as OOMKilled.
+    let grow = env.image(CRI_NAMESPACE, "grow", &wat::parse_str(GROW_WAT).unwrap());
+    let limited = cri::ContainerConfig {
+        linux: Some(cri::LinuxContainerConfig {
+            resources: Some(cri::LinuxContainerResources {
+                memory_limit_in_bytes: 4 << 20,
+                cpu_period: 100_000,
+                cpu_quota: 50_000,
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..container_config("grow", &grow, &[])
+    };
+    let id = create_container_from(&mut rt, &pod, &config, limited)
+        .await
+        .unwrap();
+    rt.start_container(cri::StartContainerRequest {
+        container_id: id.clone(),
+    })
+    .await
+    .unwrap();
+    let status = exited(&mut rt, &id).await;
+    assert_eq!(
+        (status.exit_code, status.reason.as_str()),
+        (137, "OOMKilled"),
+        "{status:?}"
+    );
+
+    // A CPU limit of 50m: however long a spinning guest runs, it uses at most 5% of that time (plus
+    // the runtime's burst of two 10 ms ticks), which CRI's stats show.
+    let spin = env.image(CRI_NAMESPACE, "spin", &wat::parse_str(SPIN_WAT).unwrap());
+    let throttled = cri::ContainerConfig {
+        linux: Some(cri::LinuxContainerConfig {
+            resources: Some(cri::LinuxContainerResources {
+                cpu_period: 100_000,
+                cpu_quota: 5_000,
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..container_config("spin", &spin, &[])
+    };
+    let id = create_container_from(&mut rt, &pod, &config, throttled)
+        .await
+        .unwrap();
+    let started = Instant::now();
+    rt.start_container(cri::StartContainerRequest {
+        container_id: id.clone(),
+    })
+    .await
+    .unwrap();
+    let window = Duration::from_millis(600);
+    let mut used = Duration::ZERO;
+    while started.elapsed() < window || used.is_zero() {
+        assert!(started.elapsed() < Duration::from_secs(20), "no CPU stats");
+        let stats = rt
+            .container_stats(cri::ContainerStatsRequest {
+                container_id: id.clone(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        used = Duration::from_nanos(
+            stats
+                .stats
+                .and_then(|s| s.cpu)
+                .and_then(|c| c.usage_core_nano_seconds)
+                .map_or(0, |v| v.value),
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let allowed = started.elapsed().mul_f64(0.05) + Duration::from_millis(40);
+    assert!(
+        used <= allowed,
+        "used {used:?} of the CPU, allowed {allowed:?}"
+    );
+    rt.stop_container(cri::StopContainerRequest {
+        container_id: id.clone(),
+        timeout: 0,
+    })
+    .await
+    .unwrap();
 
     // 50 containers in that pod, 19 more pods: all in one shim process.
     let mut containers = Vec::new();
@@ -687,9 +773,14 @@ async fn cri_pods_get_their_own_network_namespace() {
         format!("127.0.0.1:{any_port}"),
     ];
     let args: Vec<&str> = targets.iter().map(String::as_str).collect();
-    let id = create_container_with_args(&mut rt, &pod, &config, "probe", &probe, &args)
-        .await
-        .unwrap();
+    let id = create_container_from(
+        &mut rt,
+        &pod,
+        &config,
+        container_config("probe", &probe, &args),
+    )
+    .await
+    .unwrap();
     rt.start_container(cri::StartContainerRequest {
         container_id: id.clone(),
     })
