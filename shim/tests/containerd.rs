@@ -444,11 +444,12 @@ async fn create_container_from(
     config: &cri::PodSandboxConfig,
     container: cri::ContainerConfig,
 ) -> Result<String, tonic::Status> {
-    rt.create_container(cri::CreateContainerRequest {
+    // Boxed: the request future is large.
+    Box::pin(rt.create_container(cri::CreateContainerRequest {
         pod_sandbox_id: pod.into(),
         config: Some(container),
         sandbox_config: Some(config.clone()),
-    })
+    }))
     .await
     .map(|r| r.into_inner().container_id)
 }
