@@ -181,10 +181,14 @@ fn polling_gate(
 }
 
 /// Logs as JSON when stderr is not a terminal (in a Pod), human-readable otherwise.
+///
+/// By default the OPC UA client library is silent: it logs every refused connection as an error on
+/// every round, while the opcua handler reports each discovery URL that stops answering once, with the
+/// library's error. `RUST_LOG` overrides this.
 pub fn init_tracing() {
     use std::io::IsTerminal as _;
-    let filter =
-        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| "info,opcua_client=off".into());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);

@@ -166,8 +166,18 @@ impl Servers {
     /// unhealthy; a server not found is unhealthy, and gone after [`MAX_MISSED_ROUNDS`] rounds.
     pub fn finish_round(&mut self, found: Vec<DiscoveredDevice>) -> Option<Vec<DiscoveredDevice>> {
         let before = self.devices();
-        let mut seen = BTreeSet::new();
+        // A server listed by several discovery URLs counts once; an answer from one of them is enough.
+        let mut merged: BTreeMap<String, DiscoveredDevice> = BTreeMap::new();
         for d in found {
+            match merged.get(&d.identity) {
+                Some(m) if m.healthy || !d.healthy => {}
+                _ => {
+                    merged.insert(d.identity.clone(), d);
+                }
+            }
+        }
+        let mut seen = BTreeSet::new();
+        for d in merged.into_values() {
             if !self.known.contains_key(&d.identity) && self.known.len() >= MAX_SERVERS {
                 crate::metrics::bad_input(HANDLER, "too-many-servers");
                 continue;
@@ -337,6 +347,8 @@ impl Handler for OpcuaHandler {
         let every = Duration::from_secs(self.cfg.interval_seconds.max(1));
         tracing::info!(?urls, interval = ?every, "OPC UA discovery (polling: OPC UA has no announcements)");
         let mut servers = Servers::default();
+        // Whether each discovery URL answered last round: failures are warned about once, not every round.
+        let mut answering: BTreeMap<String, bool> = BTreeMap::new();
         let mut first = true;
         let mut tick = tokio::time::interval(every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -357,9 +369,19 @@ impl Handler for OpcuaHandler {
                 let mut found = Vec::new();
                 while let Some(joined) = calls.join_next().await {
                     match joined {
-                        Ok((_, Ok(devices))) => found.extend(devices),
+                        Ok((url, Ok(devices))) => {
+                            if answering.insert(url.clone(), true) == Some(false) {
+                                tracing::info!(%url, "OPC UA discovery URL answers again");
+                            }
+                            found.extend(devices);
+                        }
                         Ok((url, Err(e))) => {
-                            tracing::debug!(%url, error = format!("{e:#}"), "OPC UA discovery URL did not answer");
+                            let error = format!("{e:#}");
+                            if answering.insert(url.clone(), false) == Some(false) {
+                                tracing::debug!(%url, error, "OPC UA discovery URL still does not answer");
+                            } else {
+                                tracing::warn!(%url, error, "OPC UA discovery URL does not answer");
+                            }
                             crate::metrics::probe_failure(HANDLER, "find-servers");
                         }
                         Err(e) => tracing::error!(error = %e, "OPC UA discovery task failed"),
@@ -466,6 +488,12 @@ mod tests {
         assert!(!set[0].healthy);
         assert_eq!(set[0].properties, up.properties);
         assert!(s.finish_round(vec![up.clone()]).unwrap()[0].healthy);
+
+        // Listed twice (directly and by an LDS whose answer names a host the node cannot reach):
+        // one answer is enough.
+        let via_lds = describe(&app("urn:plc", ApplicationType::Server), None).unwrap();
+        assert!(s.finish_round(vec![up.clone(), via_lds.clone()]).is_none());
+        assert!(s.finish_round(vec![via_lds, up.clone()]).is_none());
 
         // Not listed: unhealthy after one round, gone after the second.
         let set = s.finish_round(vec![]).unwrap();

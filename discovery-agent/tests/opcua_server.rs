@@ -75,6 +75,10 @@ fn server_in(ev: &DeviceEvent) -> Option<&DiscoveredDevice> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_real_server_appears_and_goes() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter("edgewasm_discovery_agent=debug,opcua_client=info,opcua_server=warn")
+        .with_test_writer()
+        .try_init();
     let server = Server::start().await;
     let unreachable = "opc.tcp://127.0.0.1:1/";
     let failures_before = metrics::probe_failure_count("opcua", "find-servers");

@@ -218,7 +218,14 @@ async fn devices_in_the_real_apiserver() -> Result<()> {
     assert!(d.spec.approved, "the approval survives the agent restart");
     assert_eq!(d.spec.nodes, ["node-a"]);
 
-    // An outage: the agent keeps the latest state and writes it when the API is back.
+    // An outage: the agent keeps the latest state and writes it when the API is back, including a
+    // device that vanished meanwhile.
+    let lamp = device("static", &format!("lamp-{run}"), &[("gpio", "17")]);
+    a.send(DeviceEvent::Seen(lamp.clone())).await;
+    wait_device(&api, &lamp.name(), "lamp published", |d| {
+        condition(d, "Present").as_deref() == Some("True")
+    })
+    .await?;
     let errors_before = metrics::api_write_count("error");
     cluster.proxy().set_down(true).await?;
     cluster.stop_apiserver().await;
@@ -227,6 +234,7 @@ async fn devices_in_the_real_apiserver() -> Result<()> {
             changed.properties.insert("reading".into(), v.to_string());
             a.send(DeviceEvent::Seen(changed.clone())).await;
         }
+        a.send(gone(&lamp)).await;
         // The agent tried (and failed) to write while the API was down.
         eventually("a failed write during the outage", TIMEOUT, || async {
             Ok(metrics::api_write_count("error") > errors_before)
@@ -243,6 +251,10 @@ async fn devices_in_the_real_apiserver() -> Result<()> {
     .await?;
     assert!(d.spec.approved);
     assert_eq!(condition(&d, "Present").as_deref(), Some("True"));
+    wait_device(&api, &lamp.name(), "lamp absent after the outage", |d| {
+        condition(d, "Present").as_deref() == Some("False") && d.spec.nodes.is_empty()
+    })
+    .await?;
     a.stop().await;
     Ok(())
 }
