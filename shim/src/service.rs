@@ -2,7 +2,7 @@
 //! requests to [`Container`]s and the shared wasmtime [`Host`], publishing task events.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use containerd_shim::api::{self as api, Status};
@@ -272,7 +272,7 @@ impl Service {
 
     /// Watches a started instance and reports its exit; the guest's failure message also goes to its
     /// stderr so `ctr` and `kubectl logs` show why it ended.
-    fn watch(&self, id: String, instance: edgewasm_runtime::Instance, stderr: String) {
+    fn watch(&self, id: String, instance: edgewasm_runtime::Instance, stderr: ExitMessages) {
         let service = self.clone();
         tokio::spawn(async move {
             let status = instance.wait().await;
@@ -282,26 +282,42 @@ impl Service {
                 } else {
                     String::new()
                 };
-                write_to_fifo(Path::new(&stderr), &format!("edgewasm: {message}{why}\n"));
+                stderr.write(&format!("edgewasm: {message}{why}\n"));
             }
+            drop(stderr);
             service.finish(&id, Exit::from_status(&status)).await;
         });
     }
 }
 
-/// Best-effort write to a stdio fifo or file that may have no reader left (never blocks).
-fn write_to_fifo(path: &Path, text: &str) {
-    use std::io::Write as _;
-    use std::os::unix::fs::OpenOptionsExt as _;
-    if path.as_os_str().is_empty() {
-        return;
+/// The container's stderr, held open by the shim from start until the exit message is written:
+/// while the guest's own handle is the only writer, its close would end the reader's copy (EOF)
+/// before the message arrives.
+struct ExitMessages(Option<std::fs::File>);
+
+impl ExitMessages {
+    /// Opens `path` (a fifo or file) for appending without ever blocking; `None` for no stderr.
+    fn open(path: &str) -> Self {
+        use std::os::unix::fs::OpenOptionsExt as _;
+        if path.is_empty() {
+            return Self(None);
+        }
+        Self(
+            std::fs::OpenOptions::new()
+                .append(true)
+                .custom_flags(nix::libc::O_NONBLOCK)
+                .open(path)
+                .inspect_err(|e| tracing::debug!(path, error = %e, "stderr not writable"))
+                .ok(),
+        )
     }
-    if let Ok(mut f) = std::fs::OpenOptions::new()
-        .append(true)
-        .custom_flags(nix::libc::O_NONBLOCK)
-        .open(path)
-    {
-        let _ = f.write_all(text.as_bytes());
+
+    /// Best effort: a reader that went away loses the message.
+    fn write(&self, text: &str) {
+        use std::io::Write as _;
+        if let Some(mut f) = self.0.as_ref() {
+            let _ = f.write_all(text.as_bytes());
+        }
     }
 }
 
@@ -386,11 +402,12 @@ impl Task for Service {
             }
         };
         if let (Some(program), Some(spec)) = (program, spec) {
+            let stderr = ExitMessages::open(&stderr);
             let instance = match self.host().await?.start(program, spec).await {
                 Ok(i) => i,
                 Err(e) => {
                     let message = format!("edgewasm: starting {}: {e}", req.id);
-                    write_to_fifo(Path::new(&stderr), &format!("{message}\n"));
+                    stderr.write(&format!("{message}\n"));
                     self.finish_after_reply(&req.id, Exit::now(128, Some(message.clone())));
                     return Err(status(Code::FAILED_PRECONDITION, message));
                 }
