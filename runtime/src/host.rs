@@ -209,7 +209,12 @@ impl Host {
     ) -> Result<Instance, Error> {
         let sandbox = Sandbox::build(&self.sandbox_dir, &spec.id, &spec.grants.paths)?;
         let net = Arc::new(NetPolicy::from_grants(&spec.grants.network)?);
-        let world = Arc::new(WorldShared::new(&spec.grants, Arc::clone(&net), world)?);
+        let world = Arc::new(WorldShared::new(
+            &spec.grants,
+            &spec.env,
+            Arc::clone(&net),
+            world,
+        )?);
         let recipe = Recipe {
             args: spec.args.clone(),
             env: spec.env.clone(),

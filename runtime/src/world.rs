@@ -60,8 +60,9 @@ impl std::fmt::Debug for Credentials {
 /// What an instance's host interfaces serve besides its grants, given to [`crate::Host::start_with`].
 #[derive(Clone, Debug, Default)]
 pub struct WorldSpec {
-    /// Workload settings served through wasi:config, next to the granted device's properties (which
-    /// are served as `device.<key>`, plus `device.name` and `device.handler`).
+    /// Workload settings served through wasi:config. The instance's environment is served too (so the
+    /// workload's `env` is its default configuration), and the granted device's properties as
+    /// `device.<key>` plus `device.name` and `device.handler`; these settings win over both.
     pub config: Vec<(String, String)>,
     /// Directory holding the workload's wasi:keyvalue store, so it survives restarts (one file per
     /// bucket). `None` keeps the store in memory for the instance's lifetime.
@@ -89,10 +90,14 @@ pub(crate) struct WorldShared {
 impl WorldShared {
     pub(crate) fn new(
         grants: &Grants,
+        env: &[(String, String)],
         net: Arc<NetPolicy>,
         spec: WorldSpec,
     ) -> Result<Self, crate::Error> {
         let mut config = WasiConfigVariables::new();
+        for (k, v) in env {
+            config.insert(k.clone(), v.clone());
+        }
         if let Some(device) = &grants.device {
             config.insert("device.name", device.name.clone());
             config.insert("device.handler", device.handler.clone());

@@ -232,17 +232,84 @@ impl OnvifCamera {
 
     async fn answer(mut conn: tokio::net::TcpStream, frame: Arc<Vec<u8>>) {
         let mut request = Vec::new();
-        let mut buf = [0u8; 1024];
-        while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+        let mut buf = [0u8; 4096];
+        let header_end = loop {
+            if let Some(i) = request.windows(4).position(|w| w == b"\r\n\r\n") {
+                break i + 4;
+            }
+            match conn.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => request.extend_from_slice(&buf[..n]),
+            }
+        };
+        let head = String::from_utf8_lossy(&request[..header_end]).to_ascii_lowercase();
+        let length: usize = head
+            .lines()
+            .find_map(|l| l.strip_prefix("content-length:"))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0);
+        while request.len() < header_end + length {
             match conn.read(&mut buf).await {
                 Ok(0) | Err(_) => return,
                 Ok(n) => request.extend_from_slice(&buf[..n]),
             }
         }
-        let request = String::from_utf8_lossy(&request).to_ascii_lowercase();
+        let body = String::from_utf8_lossy(&request[header_end..]).into_owned();
+        let local = conn.local_addr().unwrap();
+        let response = if head.starts_with("post /onvif/") {
+            Self::soap(&head, &body, local)
+        } else {
+            Self::snapshot(&head, &frame)
+        };
+        let _ = conn.write_all(&response).await;
+        let _ = conn.shutdown().await;
+    }
+
+    /// The device and media services: GetCapabilities, GetProfiles, GetSnapshotUri, for `user` only.
+    fn soap(head: &str, body: &str, addr: SocketAddr) -> Vec<u8> {
+        let envelope = |inner: String| {
+            format!(
+                r#"<?xml version="1.0"?><env:Envelope xmlns:env="http://www.w3.org/2003/05/soap-envelope" xmlns:tt="http://www.onvif.org/ver10/schema" xmlns:tds="http://www.onvif.org/ver10/device/wsdl" xmlns:trt="http://www.onvif.org/ver10/media/wsdl"><env:Body>{inner}</env:Body></env:Envelope>"#
+            )
+        };
+        let authorized = body.contains("<wsse:Username>user</wsse:Username>")
+            && body.contains("#PasswordDigest");
+        let (status, xml) = if !authorized {
+            ("400 Bad Request", envelope("<env:Fault><env:Code><env:Value>env:Sender</env:Value><env:Subcode><env:Value>ter:NotAuthorized</env:Value></env:Subcode></env:Code></env:Fault>".into()))
+        } else if head.starts_with("post /onvif/device_service ")
+            && body.contains("GetCapabilities")
+        {
+            (
+                "200 OK",
+                envelope(format!(
+                    "<tds:GetCapabilitiesResponse><tds:Capabilities><tt:Media><tt:XAddr>http://{addr}/onvif/media_service</tt:XAddr></tt:Media></tds:Capabilities></tds:GetCapabilitiesResponse>"
+                )),
+            )
+        } else if head.starts_with("post /onvif/media_service ") && body.contains("GetProfiles") {
+            ("200 OK", envelope(r#"<trt:GetProfilesResponse><trt:Profiles token="profile_1" fixed="true"><tt:Name>main</tt:Name></trt:Profiles></trt:GetProfilesResponse>"#.into()))
+        } else if head.starts_with("post /onvif/media_service ")
+            && body.contains("<ProfileToken>profile_1</ProfileToken>")
+        {
+            (
+                "200 OK",
+                envelope(format!(
+                    "<trt:GetSnapshotUriResponse><trt:MediaUri><tt:Uri>http://{addr}/onvif/snapshot</tt:Uri></trt:MediaUri></trt:GetSnapshotUriResponse>"
+                )),
+            )
+        } else {
+            ("400 Bad Request", envelope("<env:Fault/>".into()))
+        };
+        format!(
+            "HTTP/1.1 {status}\r\ncontent-type: application/soap+xml\r\ncontent-length: {}\r\n\r\n{xml}",
+            xml.len()
+        )
+        .into_bytes()
+    }
+
+    fn snapshot(head: &str, frame: &[u8]) -> Vec<u8> {
         // base64("user:secret")
-        let authorized = request.contains("authorization: basic dxnlcjpzzwnyzxq=");
-        let response = if !request.starts_with("get /onvif/snapshot ") {
+        let authorized = head.contains("authorization: basic dxnlcjpzzwnyzxq=");
+        if !head.starts_with("get /onvif/snapshot ") {
             b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\r\n".to_vec()
         } else if !authorized {
             b"HTTP/1.1 401 Unauthorized\r\nwww-authenticate: Basic realm=\"cam\"\r\ncontent-length: 0\r\n\r\n".to_vec()
@@ -252,11 +319,9 @@ impl OnvifCamera {
                 frame.len()
             )
             .into_bytes();
-            r.extend_from_slice(&frame);
+            r.extend_from_slice(frame);
             r
-        };
-        let _ = conn.write_all(&response).await;
-        let _ = conn.shutdown().await;
+        }
     }
 }
 
@@ -339,7 +404,7 @@ async fn one_camera_binary_captures_from_onvif_and_from_a_video_node() {
             ..onvif
         }),
         WorldSpec {
-            credentials: Some(credentials),
+            credentials: Some(credentials.clone()),
             ..WorldSpec::default()
         },
     )
@@ -350,6 +415,41 @@ async fn one_camera_binary_captures_from_onvif_and_from_a_video_node() {
         "{}",
         out.stderr
     );
+
+    // A camera discovered with only its device service address: the host asks it for the snapshot URI
+    // (GetCapabilities, GetProfiles, GetSnapshotUri) with the granted credentials.
+    let discovered = Grants {
+        device: Some(device(
+            "cam-discovered",
+            "onvif",
+            &[(
+                "xaddrs",
+                &format!("http://{}/onvif/device_service", camera.addr),
+            )],
+        )),
+        network: vec![NetworkGrant {
+            host: camera.addr.ip().to_string(),
+            port: Some(camera.addr.port()),
+            protocol: Protocol::Tcp,
+        }],
+        ..Grants::default()
+    };
+    let out = run(
+        "camera-sampler",
+        in_ns(discovered.clone()),
+        WorldSpec {
+            credentials: Some(credentials.clone()),
+            ..config(&[("samples", "1")])
+        },
+    )
+    .await;
+    out.assert_ok();
+    let lines = out.lines();
+    assert_eq!(lines[0]["backend"], "onvif", "{}", out.stdout);
+    assert_eq!(lines[0]["width"], 640);
+    let out = run("camera-sampler", in_ns(discovered), WorldSpec::default()).await;
+    assert_eq!(out.status.code, 1, "{}", out.stderr);
+    assert!(out.stderr.contains("access denied"), "{}", out.stderr);
 
     // (b) The same binary on a video node: here a recorded raw frame standing in for /dev/video0.
     let dir = tempfile::tempdir().unwrap();

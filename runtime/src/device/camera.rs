@@ -21,11 +21,14 @@ pub(crate) trait Camera: Send + Sync {
 pub(crate) enum CameraSource {
     /// An ONVIF camera's snapshot URI.
     Onvif { snapshot: String },
+    /// An ONVIF camera without a published snapshot URI: asked through its device service.
+    OnvifService { xaddrs: String },
     /// A granted device node (V4L2) or file.
     Node { path: String },
 }
 
-/// Chooses the source for a camera device: a `snapshotUri` property wins, then a `devnode`.
+/// Chooses the source for a camera device: a `snapshotUri` property wins, then a `devnode`, then the
+/// ONVIF `xaddrs` to ask for a snapshot URI.
 pub(crate) fn source(device: &edgewasm_api::GrantedDevice) -> Result<CameraSource, DeviceError> {
     let props = &device.properties;
     if let Some(uri) = props.get("snapshotUri") {
@@ -36,14 +39,13 @@ pub(crate) fn source(device: &edgewasm_api::GrantedDevice) -> Result<CameraSourc
     if let Some(path) = props.get("devnode") {
         return Ok(CameraSource::Node { path: path.clone() });
     }
-    if device.handler == "onvif" {
-        return Err(DeviceError::Unsupported(format!(
-            "ONVIF camera {} has no snapshotUri property (its media service did not offer one)",
-            device.name
-        )));
+    if let Some(xaddrs) = props.get("xaddrs") {
+        return Ok(CameraSource::OnvifService {
+            xaddrs: xaddrs.clone(),
+        });
     }
     Err(DeviceError::Unsupported(format!(
-        "camera {} has neither a snapshotUri nor a devnode property",
+        "camera {} has no snapshotUri, devnode or (ONVIF) xaddrs property",
         device.name
     )))
 }
@@ -58,6 +60,18 @@ pub(crate) async fn open(ctx: &DeviceCtx) -> Result<Arc<dyn Camera>, DeviceError
             ctx.credentials.clone(),
             Arc::clone(&ctx.net),
         )?)),
+        CameraSource::OnvifService { xaddrs } => {
+            let snapshot =
+                super::onvif_media::snapshot_uri(&xaddrs, ctx.credentials.as_ref(), &ctx.net)
+                    .await?;
+            tracing::debug!(device = %device.name, snapshot, "found the ONVIF snapshot URI");
+            Ok(Arc::new(super::onvif::Snapshot::new(
+                device.name.clone(),
+                &snapshot,
+                ctx.credentials.clone(),
+                Arc::clone(&ctx.net),
+            )?))
+        }
         CameraSource::Node { path } => {
             let path = ctx.granted_path(&path)?;
             let meta = std::fs::metadata(&path).map_err(|e| io_error(&path, &e))?;
@@ -170,8 +184,14 @@ pub(crate) mod tests {
                 path: "/dev/video0".into()
             }
         );
+        assert_eq!(
+            source(&dev(&[("xaddrs", "http://a/onvif")])).unwrap(),
+            CameraSource::OnvifService {
+                xaddrs: "http://a/onvif".into()
+            }
+        );
         assert!(matches!(
-            source(&dev(&[("xaddrs", "http://a/onvif")])),
+            source(&dev(&[])),
             Err(DeviceError::Unsupported(_))
         ));
     }

@@ -8,6 +8,7 @@ mod camera;
 mod frames;
 mod iio;
 mod onvif;
+mod onvif_media;
 mod sensor;
 mod serial;
 mod v4l2;
@@ -63,8 +64,9 @@ pub(crate) struct DeviceCtx {
     net: Arc<NetPolicy>,
     credentials: Option<Credentials>,
     events: DeviceEvents,
-    camera: OnceCell<Result<Arc<dyn Camera>, DeviceError>>,
-    sensor: OnceCell<Result<Arc<dyn Sensor>, DeviceError>>,
+    /// Opened backends; a failed open is not kept, so a device that comes back is opened next time.
+    camera: OnceCell<Arc<dyn Camera>>,
+    sensor: OnceCell<Arc<dyn Sensor>>,
 }
 
 impl DeviceCtx {
@@ -127,16 +129,16 @@ impl DeviceCtx {
 
     async fn camera(&self) -> Result<Arc<dyn Camera>, DeviceError> {
         self.camera
-            .get_or_init(|| async { camera::open(self).await })
+            .get_or_try_init(|| camera::open(self))
             .await
-            .clone()
+            .cloned()
     }
 
     async fn sensor(&self) -> Result<Arc<dyn Sensor>, DeviceError> {
         self.sensor
-            .get_or_init(|| async { sensor::open(self).await })
+            .get_or_try_init(|| sensor::open(self))
             .await
-            .clone()
+            .cloned()
     }
 
     /// Marks the device gone when a backend finds it missing.
@@ -325,6 +327,48 @@ mod tests {
                 .map(|(k, v)| ((*k).to_string(), (*v).to_string()))
                 .collect(),
         }
+    }
+
+    fn world(grants: &Grants, events: DeviceEvents) -> WorldState {
+        let net = Arc::new(NetPolicy::from_grants(&[]).unwrap());
+        let spec = crate::WorldSpec {
+            events,
+            ..crate::WorldSpec::default()
+        };
+        WorldState::new(&crate::world::WorldShared::new(grants, &[], net, spec).unwrap())
+    }
+
+    #[tokio::test]
+    async fn events_say_appeared_first_then_gone_once() {
+        use events::Host as _;
+        let grants = Grants {
+            device: Some(device("udev", &[("devnode", "/dev/video0")])),
+            ..Grants::default()
+        };
+        let events = DeviceEvents::default();
+        let mut state = world(&grants, events.clone());
+        let first = state.next_event(0).await.unwrap();
+        assert!(
+            matches!(&first, Some(events::DeviceEvent::Appeared(info)) if info.name == "d" && info.kind == DeviceKind::Camera),
+            "{first:?}"
+        );
+        assert_eq!(state.next_event(0).await.unwrap(), None);
+        let waiting = tokio::spawn(async move {
+            let gone = state.next_event(60_000).await.unwrap();
+            (gone, state.next_event(0).await.unwrap())
+        });
+        events.gone();
+        let (gone, after) = waiting.await.unwrap();
+        assert_eq!(gone, Some(events::DeviceEvent::Gone("d".into())));
+        assert_eq!(after, None);
+
+        // Nothing granted: no events, and `current` says why.
+        let mut state = world(&Grants::default(), DeviceEvents::default());
+        assert_eq!(state.next_event(0).await.unwrap(), None);
+        assert!(matches!(
+            state.current().await.unwrap(),
+            Err(DeviceError::NotGranted(_))
+        ));
     }
 
     #[test]
