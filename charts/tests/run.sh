@@ -102,10 +102,10 @@ done
 step "the agent itself accepts every rendered agent.yaml"
 # The agent parses its config before it connects to the API server: a config error shows as
 # "agent config", and failing at the Kubernetes client (no cluster here) means the file was accepted.
+# Always (re)build: a stale binary would judge the chart against an older config format. After
+# `make test-rust` this is a no-op.
 agent_bin="${CARGO_TARGET_DIR:-$repo/target}/debug/edgewasm-agent"
-if [[ ! -x "$agent_bin" ]]; then
-  (cd "$repo" && cargo build -q -p edgewasm-discovery-agent --bin edgewasm-agent) || die "cannot build edgewasm-agent"
-fi
+(cd "$repo" && cargo build -q -p edgewasm-discovery-agent --bin edgewasm-agent) || die "cannot build edgewasm-agent"
 for values in "$here"/values/*.yaml; do
   out="$work/$(basename "$values")"
   python3 - "$out" "$work/agent" <<'PY'
