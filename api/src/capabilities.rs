@@ -13,7 +13,8 @@ use crate::workload::WasmWorkload;
 /// - `devnode` → that device node, read-write;
 /// - `syspath` → that sysfs directory, read-only (IIO sensors are read there);
 /// - `ip` or `host` (with `port` when given) → that peer;
-/// - `xaddrs` (ONVIF service URLs) and `endpointUrl` (OPC UA) → the host and port of each URL.
+/// - `xaddrs` (ONVIF service URLs), `snapshotUri` (an ONVIF camera's stills) and `endpointUrl` (OPC UA)
+///   → the host and port of each URL.
 ///
 /// The workload's extra paths are always read-only.
 pub fn grants_for(workload: &WasmWorkload, devices: &[&Device]) -> Grants {
@@ -44,7 +45,7 @@ pub fn grants_for(workload: &WasmWorkload, devices: &[&Device]) -> Grants {
                 });
             }
         }
-        for key in ["xaddrs", "endpointUrl"] {
+        for key in ["xaddrs", "snapshotUri", "endpointUrl"] {
             for url in props
                 .get(key)
                 .into_iter()

@@ -395,6 +395,9 @@ impl Supervisor {
             let launch = launch_for(&source.workload, &placement, dir);
             if let Some(slot) = self.slots.get_mut(&key) {
                 slot.placement = placement;
+                if slot.placement.device_absent {
+                    slot.device_gone();
+                }
                 if slot.launch != launch {
                     slot.stop();
                     slot.launch = launch;
@@ -414,6 +417,11 @@ impl Supervisor {
                 key.1
             ));
             let mut slot = Slot::new(key.0.clone(), placement, launch, log);
+            slot.world.keyvalue_dir = Some(
+                self.state_dir
+                    .join("keyvalue")
+                    .join(key.0.replace('/', ".")),
+            );
             if let Ok(l) = &slot.launch {
                 view.emit(&Event::Compiling {
                     workload: key.0.clone(),

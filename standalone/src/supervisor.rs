@@ -8,7 +8,8 @@ use std::time::{Duration, Instant};
 
 use edgewasm_api::{Grants, Placement, RestartPolicy, WasmWorkload};
 use edgewasm_runtime::{
-    ExitReason, ExitStatus, Host, Instance, InstanceSpec, Limits, ProgramKind, Stdio,
+    DeviceEvents, ExitReason, ExitStatus, Host, Instance, InstanceSpec, Limits, ProgramKind, Stdio,
+    WorldSpec,
 };
 use tokio::sync::mpsc::UnboundedSender;
 
@@ -78,6 +79,9 @@ pub struct Slot {
     pub last_line: String,
     /// Why the slot is not running, or how its last run ended.
     pub message: Option<String>,
+    /// What the instance's device, wasi:config and wasi:keyvalue interfaces serve (its key-value store
+    /// lives in the state dir, so it survives restarts).
+    pub world: WorldSpec,
 }
 
 /// What a launch task reports.
@@ -241,6 +245,7 @@ impl Slot {
             log_offset,
             last_line: String::new(),
             message: None,
+            world: WorldSpec::default(),
         }
     }
 
@@ -272,6 +277,11 @@ impl Slot {
                 return;
             }
         };
+        if self.world.events.is_gone() {
+            // The device is back (or the placement moved to another one): a fresh event stream.
+            self.world.events = DeviceEvents::default();
+        }
+        let world = self.world.clone();
         let host = Arc::clone(host);
         let spec = InstanceSpec {
             id: format!("{}.{}.{generation}", key.0.replace('/', "."), key.1),
@@ -311,7 +321,7 @@ impl Slot {
                 }
             };
             let compiled = !program.from_cache();
-            let instance = match host.start(program, spec).await {
+            let instance = match host.start_with(program, spec, world).await {
                 Ok(i) => i,
                 Err(e) => {
                     let _ = tx.send(LaunchReport::StartFailed {
@@ -377,6 +387,11 @@ impl Slot {
             AfterExit::Done => SlotState::Failed,
         };
         next
+    }
+
+    /// Tells the running instance (through `edgewasm:device/events`) that its device is gone.
+    pub fn device_gone(&self) {
+        self.world.events.gone();
     }
 
     /// Stops the instance, if one runs.
