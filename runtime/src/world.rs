@@ -49,6 +49,24 @@ pub struct Credentials {
     pub password: String,
 }
 
+impl Credentials {
+    /// Reads the `username` and `password` files of a mounted Kubernetes Secret (a
+    /// `kubernetes.io/basic-auth` Secret as kubelet writes it into a volume); surrounding whitespace is
+    /// trimmed.
+    pub fn from_secret_dir(dir: &std::path::Path) -> Result<Self, crate::Error> {
+        let read = |name: &str| {
+            let path = dir.join(name);
+            std::fs::read_to_string(&path)
+                .map(|s| s.trim().to_string())
+                .map_err(|source| crate::Error::Io { path, source })
+        };
+        Ok(Self {
+            username: read("username")?,
+            password: read("password")?,
+        })
+    }
+}
+
 impl std::fmt::Debug for Credentials {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Credentials")
@@ -179,4 +197,24 @@ pub(crate) fn add_to_linker(linker: &mut Linker<ComponentState>) -> wasmtime::Re
         WasiConfig::new(&s.world.config)
     })?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn credentials_come_from_a_secret_volume_and_do_not_print_the_password() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("username"), "admin\n").unwrap();
+        let err = Credentials::from_secret_dir(dir.path()).unwrap_err();
+        assert!(err.to_string().contains("password"), "{err}");
+        std::fs::write(dir.path().join("password"), "s3cret").unwrap();
+        let c = Credentials::from_secret_dir(dir.path()).unwrap();
+        assert_eq!(
+            (c.username.as_str(), c.password.as_str()),
+            ("admin", "s3cret")
+        );
+        assert!(!format!("{c:?}").contains("s3cret"));
+    }
 }
