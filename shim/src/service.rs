@@ -36,6 +36,28 @@ struct Inner {
     publisher: RemotePublisher,
     exit: Arc<ExitSignal>,
     pid: u32,
+    /// Creates in progress (their containers are not in `containers` yet).
+    creating: std::sync::atomic::AtomicUsize,
+}
+
+/// How long an idle shim waits before it exits: containerd may already have handed this shim's
+/// address to a new task whose create has not arrived yet.
+const IDLE_EXIT_AFTER: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// Counts one create in progress for as long as it lives.
+struct Creating<'a>(&'a std::sync::atomic::AtomicUsize);
+
+impl<'a> Creating<'a> {
+    fn new(count: &'a std::sync::atomic::AtomicUsize) -> Self {
+        count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Self(count)
+    }
+}
+
+impl Drop for Creating<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
 }
 
 fn status(code: Code, message: impl Into<String>) -> ttrpc::Error {
@@ -74,6 +96,7 @@ impl Service {
                 publisher,
                 exit,
                 pid: std::process::id(),
+                creating: std::sync::atomic::AtomicUsize::new(0),
             }),
         }
     }
@@ -97,6 +120,16 @@ impl Service {
             })
             .await
             .cloned()
+    }
+
+    /// No container and none being created.
+    fn idle(&self) -> bool {
+        self.containers().is_empty()
+            && self
+                .inner
+                .creating
+                .load(std::sync::atomic::Ordering::SeqCst)
+                == 0
     }
 
     fn containers(&self) -> std::sync::MutexGuard<'_, HashMap<String, Container>> {
@@ -336,6 +369,7 @@ impl Task for Service {
         _ctx: &TtrpcContext,
         req: api::CreateTaskRequest,
     ) -> TtrpcResult<api::CreateTaskResponse> {
+        let _creating = Creating::new(&self.inner.creating);
         if self.containers().contains_key(&req.id) {
             return Err(status(
                 Code::ALREADY_EXISTS,
@@ -657,10 +691,16 @@ impl Task for Service {
         _req: api::ShutdownRequest,
     ) -> TtrpcResult<api::Empty> {
         // containerd asks every time one of its tasks is deleted; the shim is shared, so it exits only
-        // when no container is left.
-        if self.containers().is_empty() {
-            tracing::info!("no containers left; shutting down");
-            self.inner.exit.signal();
+        // when no container is left, and only if none arrived while it waited.
+        if self.idle() {
+            let service = self.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(IDLE_EXIT_AFTER).await;
+                if service.idle() {
+                    tracing::info!("no containers left; shutting down");
+                    service.inner.exit.signal();
+                }
+            });
         }
         Ok(api::Empty::default())
     }

@@ -23,6 +23,7 @@ use crate::service::Service;
 /// The shim process.
 pub struct EdgewasmShim {
     namespace: String,
+    socket: String,
     exit: Arc<ExitSignal>,
 }
 
@@ -38,6 +39,7 @@ impl Shim for EdgewasmShim {
         }
         Self {
             namespace: args.namespace.clone(),
+            socket: args.socket.clone(),
             exit: Arc::new(ExitSignal::default()),
         }
     }
@@ -64,6 +66,15 @@ impl Shim for EdgewasmShim {
 
     async fn wait(&mut self) {
         self.exit.wait().await;
+        // Unlink the socket before the server stops, so the next container gets a new shim at once
+        // instead of probing a dead socket (the framework removes it only through the first task's
+        // bundle directory, which is gone by now).
+        if let Some(path) = self.socket.strip_prefix("unix://")
+            && let Err(e) = std::fs::remove_file(path)
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            tracing::warn!(path, error = %e, "removing the shim socket");
+        }
     }
 
     async fn create_task_service(&self, publisher: RemotePublisher) -> Self::T {
