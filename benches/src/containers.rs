@@ -319,7 +319,7 @@ fn tasks(bench: &Bench) -> Result<Figure> {
         Better::Higher,
         "≥ 5× runwasi",
     );
-    let (batches, per_batch) = if crate::quick() { (1, 20) } else { (3, 200) };
+    let (batches, per_batch) = if crate::quick() { (1, 20) } else { (2, 200) };
     for system in &bench.systems {
         let mut rates = Vec::new();
         for b in 0..batches {
@@ -419,7 +419,7 @@ fn http(bench: &Bench, inputs: &Inputs) -> Result<Figure> {
         Better::Higher,
         "≥ 2.5× runwasi",
     );
-    let (runs, secs) = if crate::quick() { (1, 3) } else { (5, 10) };
+    let (runs, secs) = if crate::quick() { (1, 3) } else { (3, 10) };
     let wrk = |port: u16| -> Result<Vec<f64>> {
         let url = format!("http://127.0.0.1:{port}/healthz");
         wait_http(&url)?;
