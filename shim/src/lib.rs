@@ -1,10 +1,15 @@
 //! containerd-shim-edgewasm-v1: a containerd runtime (`io.containerd.edgewasm.v1`) that runs Pods'
 //! Wasm components in-process, many containers and pods per shim process, on one wasmtime host.
 //!
-//! - [`bundle`]: what a container's OCI bundle asks for (program, args, env, grants, limits, netns).
+//! - [`bundle`]: what a container's OCI bundle asks for (program, args, env, grants, limits and the
+//!   `edgewasm.io/timeout-seconds` deadline, netns).
 //! - [`container`]: one container's lifecycle and exit.
 //! - [`service`]: containerd's Task API over the containers, publishing task events.
 //! - [`shim`]: the shim v2 bootstrap and how containers are grouped into shim processes.
+//!
+//! Logs go to containerd's log (through the first task's log fifo) or, with
+//! `EDGEWASM_SHIM_LOG_FILE` in containerd's environment, to `<file>.<pid>` for as long as the
+//! shared shim lives.
 //!
 //! Installing it into containerd or k3s (the `config.toml` runtime entry with
 //! `pod_annotations = ["edgewasm.io/*"]`) is done by the node installer in `installer/`.
