@@ -389,7 +389,9 @@ fn matching_devices<'a>(
 
 fn within_grace(d: &Device, opts: PlanOptions) -> bool {
     match d.absent_since() {
-        None => d.is_present() || d.status.is_none(),
+        // Present, or gone from every node without a recorded `Present=False` yet: the agent writes a
+        // device's nodes before its status, so such an absence has only just begun.
+        None => true,
         Some(since) => {
             let grace = i64::try_from(opts.grace.as_secs()).unwrap_or(i64::MAX);
             opts.now.as_second().saturating_sub(since.0.as_second()) < grace
@@ -716,6 +718,20 @@ mod tests {
         );
         assert!(p.workloads["default/w"].placements.is_empty());
         assert!(p.allocations["cam"].is_empty());
+        // Gone from its nodes while its status still says Present (the agent writes the spec first):
+        // the grace period has just begun.
+        let mut leaving = allocated(dev("cam", &[], 1), &[("default/w", "cam", "n1")]);
+        leaving.status.as_mut().unwrap().conditions.push(Condition {
+            type_: CONDITION_PRESENT.into(),
+            status: "True".into(),
+            reason: "Seen".into(),
+            message: String::new(),
+            observed_generation: None,
+            last_transition_time: Time(Timestamp::from_second(T0).unwrap()),
+        });
+        let p = plan(std::slice::from_ref(&w), &[leaving], opts(T0 + 3600));
+        assert_eq!(p.workloads["default/w"].placements.len(), 1);
+        assert!(p.workloads["default/w"].placements[0].device_absent);
         // A device absent without ever having been placed gets nothing new.
         let stranger = absent(dev("cam", &["n1"], 1), T0);
         assert!(
