@@ -18,6 +18,8 @@ pub struct Held {
     pub confirmed: BTreeSet<String>,
     /// Planned placements whose device is still held by others (they wait until it is released).
     pub blocked: Vec<Waiting>,
+    /// The workloads (`namespace/name`) holding those devices: their own reconcile releases them.
+    pub holders: BTreeSet<String>,
 }
 
 /// What a sync ended with.
@@ -126,6 +128,7 @@ pub async fn sync(
                     .map(|a| a.workload.as_str())
             })
             .collect();
+        held.holders.extend(holders.iter().map(|h| (*h).to_owned()));
         held.blocked.push(Waiting {
             id: p.id.clone(),
             device: Some((*device).clone()),

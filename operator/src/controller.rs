@@ -10,6 +10,7 @@ use edgewasm_api::{
     Device, LABEL_WORKLOAD, Placement, PlanOptions, WasmWorkload, WorkloadPlan, plan,
 };
 use futures::StreamExt;
+use futures::channel::mpsc;
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
@@ -17,7 +18,7 @@ use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::finalizer::{self, Event as Finalizer, finalizer};
-use kube::runtime::reflector::{self, Store};
+use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, Resource, ResourceExt};
 use serde_json::json;
@@ -48,6 +49,9 @@ pub struct Context {
     pub config: Config,
     /// Consecutive failures per workload, for error_policy's backoff.
     failures: Mutex<HashMap<String, u32>>,
+    /// Workloads another reconcile needs reconciled now (see [`Context::requeue`]).
+    requeue_tx: mpsc::UnboundedSender<ObjectRef<WasmWorkload>>,
+    requeue_rx: Mutex<Option<mpsc::UnboundedReceiver<ObjectRef<WasmWorkload>>>>,
 }
 
 impl std::fmt::Debug for Context {
@@ -70,6 +74,7 @@ impl Context {
             controller: FIELD_MANAGER.into(),
             instance: std::env::var("POD_NAME").ok(),
         };
+        let (requeue_tx, requeue_rx) = mpsc::unbounded();
         Self {
             recorder: Recorder::new(client.clone(), reporter),
             client,
@@ -78,7 +83,26 @@ impl Context {
             metrics,
             config,
             failures: Mutex::default(),
+            requeue_tx,
+            requeue_rx: Mutex::new(Some(requeue_rx)),
         }
+    }
+
+    /// Asks for workload `key` (`namespace/name`) to be reconciled soon. A workload that a
+    /// higher-priority one displaces must let go of its device, but nothing it watches changes
+    /// (the device's ledger only changes when it lets go), so the displacing workload asks.
+    fn requeue(&self, key: &str) {
+        if let Some((ns, name)) = key.split_once('/') {
+            // Closed only when the controller is gone, and then nothing needs reconciling.
+            let _ = self
+                .requeue_tx
+                .unbounded_send(ObjectRef::new(name).within(ns));
+        }
+    }
+
+    /// The requests of [`Context::requeue`], for the controller (taken once).
+    pub fn requeues(&self) -> Option<mpsc::UnboundedReceiver<ObjectRef<WasmWorkload>>> {
+        self.requeue_rx.lock().expect("requeue lock").take()
     }
 
     async fn publish(
@@ -176,6 +200,10 @@ async fn apply(w: Arc<WasmWorkload>, ctx: &Context) -> Result<Action> {
         .collect();
     let mut devices: Vec<Device> = ctx.devices.state().iter().map(|d| (**d).clone()).collect();
     let (wp, held) = allocate(ctx, &workloads, &mut devices, &key, opts).await?;
+    for holder in &held.holders {
+        tracing::debug!(%holder, "a device this workload is planned on is still held; asking its holder to let go");
+        ctx.requeue(holder);
+    }
 
     let placed: Vec<&Placement> = wp
         .placements
@@ -557,12 +585,16 @@ pub async fn run(client: Client, config: Config, metrics: Arc<Metrics>) -> anyho
             }
         }
     };
+    let requeues = ctx
+        .requeues()
+        .context("the requeue channel is taken once")?;
     let reconciling = controller
         .owns(
             Api::<Pod>::all(client),
             watcher::Config::default().labels(LABEL_WORKLOAD),
         )
         .reconcile_all_on(device_changes)
+        .reconcile_on(requeues)
         .shutdown_on_signal()
         .run(reconcile, error_policy, ctx)
         .for_each(|result| async move {
