@@ -356,12 +356,18 @@ async fn owner_exists(
         );
     }
     let plural = &plurals[&key];
-    let url = match plural.strip_prefix('/') {
-        Some(cluster_scoped) => format!("{apiserver}/apis/{api_version}/{cluster_scoped}/{name}"),
-        None => format!("{apiserver}/apis/{api_version}/namespaces/{namespace}/{plural}/{name}"),
+    let collection = match plural.strip_prefix('/') {
+        Some(cluster_scoped) => format!("{apiserver}/apis/{api_version}/{cluster_scoped}"),
+        None => format!("{apiserver}/apis/{api_version}/namespaces/{namespace}/{plural}"),
     };
-    let response = http.get(url).send().await?;
+    let response = http.get(format!("{collection}/{name}")).send().await?;
     if response.status() == reqwest::StatusCode::NOT_FOUND {
+        // A restarted apiserver answers 404 for custom resources until it serves their CRD again:
+        // the owner is gone only if its kind is served and it is not there.
+        http.get(format!("{collection}?limit=1"))
+            .send()
+            .await?
+            .error_for_status()?;
         return Ok(false);
     }
     let object: Value = response.error_for_status()?.json().await?;

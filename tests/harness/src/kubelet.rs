@@ -213,6 +213,8 @@ struct PodRun {
     retry_at: Option<Instant>,
     /// When this kubelet first saw the pod (condition times before the sandbox runs).
     seen_at: String,
+    /// The sandbox's attempt number (it goes up each time a lost sandbox is replaced).
+    sandbox_attempt: u32,
 }
 
 struct Syncer {
@@ -329,6 +331,12 @@ impl Syncer {
             }
             return Ok(());
         }
+        if let Some(id) = run.sandbox.clone()
+            && !self.sandbox_ready(&id).await
+        {
+            Box::pin(self.replace_lost_sandbox(uid, &id)).await;
+        }
+        let run = self.pods.get(uid).expect("present");
         if run.sandbox.is_none() && run.retry_at.is_none_or(|t| Instant::now() >= t) {
             Box::pin(self.start_sandbox(uid)).await?;
         }
@@ -378,7 +386,7 @@ impl Syncer {
                 name: name.clone(),
                 uid: pod_uid.clone(),
                 namespace: ns.clone(),
-                attempt: 0,
+                attempt: run.sandbox_attempt,
             }),
             // Host-network sandboxes share the host's UTS namespace: no hostname of their own.
             hostname: if network == cri::NamespaceMode::Node {
@@ -428,6 +436,101 @@ impl Syncer {
         run.sandbox_config = Some(config);
         run.start_time = crate::core::now();
         Ok(())
+    }
+
+    /// Whether CRI still reports the sandbox ready (a containerd restart that lost its shim leaves
+    /// it NOTREADY); an unanswered call counts as ready, to be asked again next time.
+    async fn sandbox_ready(&mut self, id: &str) -> bool {
+        match self
+            .runtime
+            .pod_sandbox_status(cri::PodSandboxStatusRequest {
+                pod_sandbox_id: id.to_owned(),
+                verbose: false,
+            })
+            .await
+        {
+            Ok(r) => r
+                .into_inner()
+                .status
+                .is_some_and(|s| s.state == cri::PodSandboxState::SandboxReady as i32),
+            Err(e) => e.code() != tonic::Code::NotFound,
+        }
+    }
+
+    /// As kubelet does with a sandbox that stopped under it: its containers count as exited (with
+    /// what CRI last knew of them) and restarted, and a new sandbox replaces it.
+    async fn replace_lost_sandbox(&mut self, uid: &str, id: &str) {
+        let containers: Vec<(String, String)> = self.pods[uid]
+            .containers
+            .iter()
+            .filter_map(|(name, c)| Some((name.clone(), c.id.clone()?)))
+            .collect();
+        let now_ns = jiff::Timestamp::now().as_nanosecond() as i64;
+        let mut exits = Vec::new();
+        for (name, cid) in containers {
+            let status = self
+                .runtime
+                .container_status(cri::ContainerStatusRequest {
+                    container_id: cid.clone(),
+                    verbose: false,
+                })
+                .await
+                .ok()
+                .and_then(|r| r.into_inner().status);
+            let exit = match status {
+                Some(st) if st.state == cri::ContainerState::ContainerExited as i32 => terminated(
+                    st.exit_code,
+                    if st.reason.is_empty() {
+                        "Error"
+                    } else {
+                        &st.reason
+                    },
+                    &st.message,
+                    st.started_at,
+                    st.finished_at,
+                    &cid,
+                ),
+                st => terminated(
+                    137,
+                    "ContainerLost",
+                    "the pod sandbox stopped under the container",
+                    st.map_or(0, |s| s.started_at),
+                    now_ns,
+                    &cid,
+                ),
+            };
+            exits.push((name, exit));
+        }
+        self.remove_sandbox(id).await;
+        let run = self.pods.get_mut(uid).expect("present");
+        let (ns, name, _) = meta(&run.pod);
+        tracing::warn!(
+            pod = format!("{ns}/{name}"),
+            sandbox = id,
+            "pod sandbox is not ready; replacing it"
+        );
+        run.sandbox = None;
+        run.sandbox_config = None;
+        run.sandbox_attempt += 1;
+        let policy = run
+            .pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.restart_policy.clone())
+            .unwrap_or_else(|| "Always".into());
+        for (container, exit) in exits {
+            let failed = exit["exitCode"].as_i64() != Some(0);
+            let state = run.containers.entry(container).or_default();
+            state.id = None;
+            state.last_terminated = Some(exit);
+            if policy == "Always" || (policy == "OnFailure" && failed) {
+                state.restarts += 1;
+                state.attempt += 1;
+                state.next_try = None;
+            } else {
+                state.done = true;
+            }
+        }
     }
 
     async fn remove_sandbox(&mut self, id: &str) {
@@ -639,10 +742,20 @@ impl Syncer {
                 if policy == "Never" {
                     state.done = true;
                 } else {
+                    // As kubelet does: the container waits in CrashLoopBackOff (not "creating"), so
+                    // the Pod's status says it keeps failing.
                     state.restarts += 1;
                     state.attempt += 1;
-                    state.next_try =
-                        Some(Instant::now() + Duration::from_secs(1 << state.restarts.min(5)));
+                    let backoff = Duration::from_secs(1 << state.restarts.min(5));
+                    state.next_try = Some(Instant::now() + backoff);
+                    state.waiting = Some((
+                        "CrashLoopBackOff".into(),
+                        format!(
+                            "back-off {}s restarting failed container={}",
+                            backoff.as_secs(),
+                            c.name
+                        ),
+                    ));
                 }
                 continue;
             }
@@ -810,6 +923,7 @@ impl PodRun {
             start_time: String::new(),
             retry_at: None,
             seen_at: crate::core::now(),
+            sandbox_attempt: 0,
         }
     }
 }
