@@ -2,16 +2,18 @@
 //! → containerd → shim → the component's output in the container log → workload Ready; and the device
 //! going away → Present=False → after the grace period the Pod is deleted and the allocation released.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::Result;
 use edgewasm_e2e::{NODE, Stack, WAIT, sensor_workload};
 use edgewasm_testkit::cluster::eventually;
 use kube::api::ListParams;
 
+const GRACE: Duration = Duration::from_secs(3);
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn device_to_running_component_and_back() -> Result<()> {
-    let stack = Stack::start_with_sensors(&["sensor0"], Duration::from_secs(3)).await?;
+    let stack = Stack::start_with_sensors(&["sensor0"], GRACE).await?;
     stack.apply_workload(&sensor_workload("logger", 0)).await?;
 
     let pod = stack.wait_for_readings("logger", 1).await?.remove(0);
@@ -34,6 +36,7 @@ async fn device_to_running_component_and_back() -> Result<()> {
         .await?;
 
     // The device goes away: Present=False at once, the Pod stays through the grace period, then goes.
+    let gone_at = Instant::now();
     stack.write_sensors(&[])?;
     let devices = stack.devices();
     eventually("the device is marked absent", WAIT, || {
