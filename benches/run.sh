@@ -5,6 +5,7 @@
 #   BENCH_QUICK=1   few runs per figure (a smoke test, minutes instead of ~15)
 #   RUNWASI_SHIM    runwasi's containerd-shim-wasmtime-v1, built locally (default: /opt/runwasi/...
 #                   when present); without it runwasi is reported as not built locally
+#   BENCH_NO_BUILD  use the binaries already in $CARGO_TARGET_DIR/release (no cargo build first)
 #   BENCH_ONLY      run only the steps whose name contains this (inprocess, containerd, discovery,
 #                   standalone); the report is always regenerated from all result files
 #
@@ -28,14 +29,16 @@ step() { echo; echo "=== $*"; }
 failed=()
 want() { [[ -z ${BENCH_ONLY:-} || $1 == *"$BENCH_ONLY"* ]]; }
 
-step "building (release)"
-set -e
-$CARGO build --release --target wasm32-wasip2 --manifest-path examples/components/Cargo.toml
-$CARGO build --release --target wasm32-wasip2 --manifest-path benches/hello/Cargo.toml \
-	--target-dir "$target/bench-hello"
-$CARGO build --release -p containerd-shim-edgewasm -p edgewasm-discovery-agent \
-	-p edgewasm-standalone -p edgewasm-bench
-set +e
+if [[ -z ${BENCH_NO_BUILD:-} ]]; then
+	step "building (release)"
+	set -e
+	$CARGO build --release --target wasm32-wasip2 --manifest-path examples/components/Cargo.toml
+	$CARGO build --release --target wasm32-wasip2 --manifest-path benches/hello/Cargo.toml \
+		--target-dir "$target/bench-hello"
+	$CARGO build --release -p containerd-shim-edgewasm -p edgewasm-discovery-agent \
+		-p edgewasm-standalone -p edgewasm-bench
+	set +e
+fi
 hello_wasm=$target/bench-hello/wasm32-wasip2/release/bench-hello.wasm
 server_wasm=$root/examples/components/target/wasm32-wasip2/release/reading_server.wasm
 bench=$bins/edgewasm-bench
@@ -51,11 +54,6 @@ fi
 echo "load average: $(cut -d' ' -f1-3 /proc/loadavg) on $(nproc) cores${BENCH_QUICK:+ (quick mode)}"
 mkdir -p "$results"
 
-if want inprocess; then
-	step "instance start in-process (criterion)"
-	if BENCH_HELLO_WASM=$hello_wasm $CARGO bench -p edgewasm-bench --bench inprocess -- --noplot &&
-		"$bench" criterion --dir "$target/criterion" --results "$results"; then :; else failed+=(inprocess); fi
-fi
 if want containerd; then
 	step "through containerd: cold start, short tasks, memory per instance, wasi:http"
 	"$bench" containerd --shim "$bins/containerd-shim-edgewasm-v1" --hello-wasm "$hello_wasm" \
@@ -71,6 +69,11 @@ if want standalone; then
 		failed+=(standalone)
 fi
 
+if want inprocess; then
+	step "instance start in-process (criterion)"
+	if BENCH_HELLO_WASM=$hello_wasm $CARGO bench -p edgewasm-bench --bench inprocess -- --noplot &&
+		"$bench" criterion --dir "$target/criterion" --results "$results"; then :; else failed+=(inprocess); fi
+fi
 step "report"
 "$bench" report --results "$results" --out BENCHMARKS.md || failed+=(report)
 if ((${#failed[@]})); then
