@@ -85,6 +85,11 @@ impl Stack {
     /// Starts the cluster (CRDs from `crds/` applied), containerd with the shim, the RuntimeClass and
     /// the test kubelet. The agent and operator are started separately so tests can configure them.
     pub async fn start() -> Result<Self> {
+        // What the harness did (the kubelet, the garbage collector, faults) shows with a failure.
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new("edgewasm_testkit=info"))
+            .with_test_writer()
+            .try_init();
         let cluster = Cluster::start().await?;
         let crds = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../crds");
         cluster.apply_crds(&crds).await?;

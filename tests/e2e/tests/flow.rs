@@ -57,6 +57,12 @@ async fn device_to_running_component_and_back() -> Result<()> {
         || async { Ok(stack.pods_of("logger").await?.is_empty()) },
     )
     .await?;
+    // The agent records whole seconds, so the grace period may end up to a second early.
+    assert!(
+        gone_at.elapsed() + Duration::from_secs(1) >= GRACE,
+        "the Pod was removed {:?} after its device went, inside the {GRACE:?} grace period",
+        gone_at.elapsed()
+    );
     eventually("the allocation is released", WAIT, || {
         let devices = devices.clone();
         async move {
