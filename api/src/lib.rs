@@ -18,9 +18,16 @@ pub use placement::{Placement, Plan, PlanOptions, WaitReason, Waiting, WorkloadP
 pub use selector::{DeviceSelector, LabelOperator, LabelRequirement, SelectorError};
 pub use validation::{SpecError, validate};
 pub use workload::{
-    EnvVar, PlacementMode, PlacementSpec, PlacementStatus, Resources, RestartPolicy, WasmWorkload,
-    WasmWorkloadSpec, WasmWorkloadStatus, WorkloadGrants,
+    DeviceCredentials, EnvVar, PlacementMode, PlacementSpec, PlacementStatus, Resources,
+    RestartPolicy, WasmWorkload, WasmWorkloadSpec, WasmWorkloadStatus, WorkloadGrants,
 };
+
+/// Where the operator mounts a workload's device credentials Secret in its Pod. The shim reads it from
+/// there for the host's device interfaces; it is never granted to the component.
+pub const DEVICE_CREDENTIALS_MOUNT: &str = "/run/edgewasm/device-credentials";
+/// Pod annotation naming the workload (`namespace/name`) a Pod runs, so the shim keeps one key-value
+/// store per workload across Pod restarts.
+pub const WORKLOAD_ANNOTATION: &str = "edgewasm.io/workload";
 
 /// API group of edgewasm's custom resources.
 pub const GROUP: &str = "edgewasm.io";

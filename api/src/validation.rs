@@ -21,6 +21,10 @@ pub enum SpecError {
         field: &'static str,
         message: String,
     },
+    #[error(
+        "spec.deviceCredentials.secretName {0:?} is not a Secret name (lowercase letters, digits, '-' and '.')"
+    )]
+    SecretName(String),
 }
 
 /// Validates a workload's spec; the planner skips a workload that fails.
@@ -49,7 +53,24 @@ pub fn validate(w: &WasmWorkload) -> Result<(), SpecError> {
         r.memory_bytes()?;
         r.cpu_millis()?;
     }
+    if let Some(c) = &spec.device_credentials
+        && !is_dns_subdomain(&c.secret_name)
+    {
+        // Standalone mode turns the name into a folder: no separators, no `..`.
+        return Err(SpecError::SecretName(c.secret_name.clone()));
+    }
     Ok(())
+}
+
+fn is_dns_subdomain(name: &str) -> bool {
+    let bytes = name.as_bytes();
+    (1..=253).contains(&bytes.len())
+        && bytes
+            .iter()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'-' | b'.'))
+        && bytes[0].is_ascii_alphanumeric()
+        && bytes[bytes.len() - 1].is_ascii_alphanumeric()
+        && !name.contains("..")
 }
 
 impl Resources {
@@ -107,6 +128,36 @@ pub fn parse_quantity(q: &str, unit: u64) -> Result<f64, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn secret_names_cannot_leave_the_secrets_folder() {
+        let mut w = WasmWorkload::new(
+            "w",
+            crate::WasmWorkloadSpec {
+                image: "w.wasm".into(),
+                placement: crate::PlacementSpec {
+                    mode: PlacementMode::Count,
+                    replicas: Some(1),
+                },
+                ..Default::default()
+            },
+        );
+        for good in ["cam", "cam-login.v2"] {
+            w.spec.device_credentials = Some(crate::DeviceCredentials {
+                secret_name: good.into(),
+            });
+            assert!(validate(&w).is_ok(), "{good}");
+        }
+        for bad in ["", "../etc", "a/b", "Cam", "a..b", "-a"] {
+            w.spec.device_credentials = Some(crate::DeviceCredentials {
+                secret_name: bad.into(),
+            });
+            assert!(
+                matches!(validate(&w), Err(SpecError::SecretName(_))),
+                "{bad}"
+            );
+        }
+    }
 
     #[test]
     fn quantities() {

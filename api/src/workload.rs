@@ -65,6 +65,21 @@ pub struct WasmWorkloadSpec {
     /// What happens when an instance exits.
     #[serde(default)]
     pub restart_policy: RestartPolicy,
+    /// Credentials the runtime uses to talk to the matched device (an ONVIF camera's media service and
+    /// snapshots). The component never sees them: only the host's `edgewasm:device` camera does.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device_credentials: Option<DeviceCredentials>,
+}
+
+/// Where a workload's device credentials come from.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DeviceCredentials {
+    /// A Secret in the workload's namespace with `username` and `password` keys (type
+    /// `kubernetes.io/basic-auth` fits). In standalone mode: the folder `secrets/<name>/` beside the
+    /// manifests, holding the files `username` and `password`.
+    #[schemars(length(min = 1), regex(pattern = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"))]
+    pub secret_name: String,
 }
 
 /// One environment variable.

@@ -7,7 +7,7 @@ use edgewasm_api::{
 };
 use k8s_openapi::api::core::v1::{
     Affinity, Container, EnvVar, NodeAffinity, NodeSelector, NodeSelectorRequirement,
-    NodeSelectorTerm, Pod, PodSpec, ResourceRequirements,
+    NodeSelectorTerm, Pod, PodSpec, ResourceRequirements, SecretVolumeSource, Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use kube::api::ObjectMeta;
@@ -23,6 +23,8 @@ pub const SPEC_HASH_ANNOTATION: &str = "edgewasm.io/spec-hash";
 pub const TIMEOUT_ANNOTATION: &str = "edgewasm.io/timeout-seconds";
 /// Name of the one container of every Pod.
 pub const CONTAINER_NAME: &str = "app";
+/// Name of the Pod volume holding the workload's device credentials Secret.
+const CREDENTIALS_VOLUME: &str = "device-credentials";
 
 const MAX_NAME: usize = 63;
 
@@ -101,10 +103,20 @@ pub fn build_pod(workload: &WasmWorkload, placement: &Placement, config: &Config
     if let [device] = placement.devices.as_slice() {
         labels.insert(LABEL_DEVICE.to_owned(), label_value(device));
     }
-    let mut annotations = BTreeMap::from([(
-        edgewasm_api::GRANTS_ANNOTATION.to_owned(),
-        placement.grants.to_annotation(),
-    )]);
+    let mut annotations = BTreeMap::from([
+        (
+            edgewasm_api::GRANTS_ANNOTATION.to_owned(),
+            placement.grants.to_annotation(),
+        ),
+        (
+            edgewasm_api::WORKLOAD_ANNOTATION.to_owned(),
+            format!(
+                "{}/{}",
+                workload.namespace().unwrap_or_default(),
+                workload.name_any()
+            ),
+        ),
+    ]);
     if let Some(timeout) = spec.resources.as_ref().and_then(|r| r.timeout_seconds) {
         annotations.insert(TIMEOUT_ANNOTATION.to_owned(), timeout.to_string());
     }
@@ -142,8 +154,28 @@ pub fn build_pod(workload: &WasmWorkload, placement: &Placement, config: &Config
         // A guest that traps or runs out of memory says why on stderr; this puts that text into the
         // container status, and so into the workload's PodFailed message.
         termination_message_policy: Some("FallbackToLogsOnError".to_owned()),
+        // For the shim's device interfaces only: the grants never include this path.
+        volume_mounts: spec.device_credentials.as_ref().map(|_| {
+            vec![VolumeMount {
+                name: CREDENTIALS_VOLUME.to_owned(),
+                mount_path: edgewasm_api::DEVICE_CREDENTIALS_MOUNT.to_owned(),
+                read_only: Some(true),
+                ..VolumeMount::default()
+            }]
+        }),
         ..Container::default()
     };
+    let volumes = spec.device_credentials.as_ref().map(|creds| {
+        vec![Volume {
+            name: CREDENTIALS_VOLUME.to_owned(),
+            secret: Some(SecretVolumeSource {
+                secret_name: Some(creds.secret_name.clone()),
+                default_mode: Some(0o400),
+                ..SecretVolumeSource::default()
+            }),
+            ..Volume::default()
+        }]
+    });
 
     let affinity = placement.node.as_ref().map(|node| Affinity {
         node_affinity: Some(NodeAffinity {
@@ -169,6 +201,7 @@ pub fn build_pod(workload: &WasmWorkload, placement: &Placement, config: &Config
         tolerations: (!spec.tolerations.is_empty()).then(|| spec.tolerations.clone()),
         affinity,
         containers: vec![container],
+        volumes,
         automount_service_account_token: Some(false),
         enable_service_links: Some(false),
         ..PodSpec::default()
@@ -394,11 +427,51 @@ mod tests {
         assert_eq!(pod.labels()[LABEL_DEVICE], "udev-cam");
         assert_eq!(pod.labels()[LABEL_PLACEMENT], "udev-cam");
         assert_eq!(pod.annotations()[TIMEOUT_ANNOTATION], "30");
+        assert_eq!(
+            pod.annotations()[edgewasm_api::WORKLOAD_ANNOTATION],
+            "factory/sampler"
+        );
+        assert!(spec.volumes.is_none() && c.volume_mounts.is_none());
         assert_eq!(pod.namespace().as_deref(), Some("factory"));
         let owner = &pod.owner_references()[0];
         assert_eq!(
             (owner.kind.as_str(), owner.name.as_str(), owner.controller),
             ("WasmWorkload", "sampler", Some(true))
+        );
+    }
+
+    #[test]
+    fn device_credentials_reach_the_pod_but_not_the_grants() {
+        let mut w = workload("onvif");
+        w.spec.device_credentials = Some(edgewasm_api::DeviceCredentials {
+            secret_name: "cam-login".into(),
+        });
+        let d = device("onvif-cam", "onvif", &[("ip", "192.168.1.20")]);
+        let pod = pod_for(&w, &d);
+        let spec = pod.spec.as_ref().unwrap();
+        let volume = &spec.volumes.as_ref().unwrap()[0];
+        let secret = volume.secret.as_ref().unwrap();
+        assert_eq!(secret.secret_name.as_deref(), Some("cam-login"));
+        assert_eq!(secret.default_mode, Some(0o400));
+        let mount = &spec.containers[0].volume_mounts.as_ref().unwrap()[0];
+        assert_eq!(
+            (
+                mount.name.as_str(),
+                mount.mount_path.as_str(),
+                mount.read_only
+            ),
+            (
+                volume.name.as_str(),
+                edgewasm_api::DEVICE_CREDENTIALS_MOUNT,
+                Some(true)
+            )
+        );
+        let g = grants(&pod);
+        assert!(
+            g.paths
+                .iter()
+                .all(|p| !p.host.starts_with(edgewasm_api::DEVICE_CREDENTIALS_MOUNT)),
+            "{g:?}"
         );
     }
 

@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 
 use edgewasm_api::{Grants, Placement, RestartPolicy, WasmWorkload};
 use edgewasm_runtime::{
-    DeviceEvents, ExitReason, ExitStatus, Host, Instance, InstanceSpec, Limits, ProgramKind, Stdio,
-    WorldSpec,
+    Credentials, DeviceEvents, ExitReason, ExitStatus, Host, Instance, InstanceSpec, Limits,
+    ProgramKind, Stdio, WorldSpec,
 };
 use tokio::sync::mpsc::UnboundedSender;
 
@@ -30,6 +30,8 @@ pub struct Launch {
     pub grants: Grants,
     pub limits: Limits,
     pub restart: RestartPolicy,
+    /// The workload's device credentials, read from `secrets/<name>/` beside its manifest.
+    pub credentials: Option<Credentials>,
 }
 
 /// Where a slot is in its life.
@@ -213,6 +215,21 @@ pub fn launch_for(
         cpu_millis: resources.cpu_millis().ok().flatten(),
         deadline: resources.timeout_seconds.map(Duration::from_secs),
     };
+    // The standalone counterpart of a mounted Secret: a folder with `username` and `password` files.
+    let credentials = spec
+        .device_credentials
+        .as_ref()
+        .map(|c| {
+            let folder = dir.join("secrets").join(&c.secret_name);
+            Credentials::from_secret_dir(&folder).map_err(|e| {
+                format!(
+                    "device credentials {:?}: {e} (standalone mode reads the files username and password in {})",
+                    c.secret_name,
+                    folder.display()
+                )
+            })
+        })
+        .transpose()?;
     Ok(Launch {
         wasm: dir.join(image),
         args,
@@ -220,6 +237,7 @@ pub fn launch_for(
         grants,
         limits,
         restart: spec.restart_policy,
+        credentials,
     })
 }
 
@@ -281,7 +299,8 @@ impl Slot {
             // The device is back (or the placement moved to another one): a fresh event stream.
             self.world.events = DeviceEvents::default();
         }
-        let world = self.world.clone();
+        let mut world = self.world.clone();
+        world.credentials.clone_from(&launch.credentials);
         let host = Arc::clone(host);
         let spec = InstanceSpec {
             id: format!("{}.{}.{generation}", key.0.replace('/', "."), key.1),
@@ -526,11 +545,51 @@ mod tests {
         assert_eq!(l.args, ["w", "/dev/cam"]);
         assert_eq!(l.env[1].1, "/dev/cam/a");
         assert_eq!(l.grants.paths[0].host, "/m/data");
+        assert_eq!(l.credentials, None);
         w.spec.image = "ghcr.io/acme/w:1".into();
         assert!(
             launch_for(&w, &p, Path::new("/m"))
                 .unwrap_err()
                 .contains("OCI")
+        );
+    }
+
+    #[test]
+    fn launch_reads_device_credentials_from_the_secrets_folder() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut w = WasmWorkload::new(
+            "w",
+            edgewasm_api::WasmWorkloadSpec {
+                image: "w.wasm".into(),
+                device_credentials: Some(edgewasm_api::DeviceCredentials {
+                    secret_name: "cam".into(),
+                }),
+                ..Default::default()
+            },
+        );
+        w.metadata.namespace = Some("default".into());
+        let p = Placement {
+            id: "0".into(),
+            workload: "default/w".into(),
+            devices: vec![],
+            node: None,
+            device_absent: false,
+            grants: Grants::default(),
+            env: vec![],
+        };
+        let missing = launch_for(&w, &p, dir.path()).unwrap_err();
+        assert!(
+            missing.contains("device credentials \"cam\"") && missing.contains("secrets/cam"),
+            "{missing}"
+        );
+        let secret = dir.path().join("secrets/cam");
+        std::fs::create_dir_all(&secret).unwrap();
+        std::fs::write(secret.join("username"), "admin\n").unwrap();
+        std::fs::write(secret.join("password"), "s3cret").unwrap();
+        let creds = launch_for(&w, &p, dir.path()).unwrap().credentials.unwrap();
+        assert_eq!(
+            (creds.username.as_str(), creds.password.as_str()),
+            ("admin", "s3cret")
         );
     }
 }
