@@ -52,6 +52,8 @@ impl Shim for EdgewasmShim {
             .map(|spec| spec.shim_group())
             .map_err(|e| Error::InvalidArgument(e.to_string()))?;
         let address = spawn(opts, &group, Vec::new()).await?;
+        write_address(&bundle, &address)
+            .map_err(|e| Error::Other(format!("writing {}/address: {e}", bundle.display())))?;
         Ok(address)
     }
 
@@ -80,4 +82,15 @@ impl Shim for EdgewasmShim {
     async fn create_task_service(&self, publisher: RemotePublisher) -> Self::T {
         Service::new(&self.namespace, publisher, self.exit.clone())
     }
+}
+
+/// Records the shim's socket in the bundle's `address` file, from which a restarted containerd
+/// reconnects to the task (runtime v2 `loadShim`). The framework writes it only when the socket
+/// already served other tasks, so without this the task that started a shim process would be lost
+/// on a containerd restart (reported as exited and cleaned up while its instance still runs).
+/// Written atomically: containerd may read it at any time.
+fn write_address(bundle: &std::path::Path, address: &str) -> std::io::Result<()> {
+    let tmp = bundle.join(".address.tmp");
+    std::fs::write(&tmp, address)?;
+    std::fs::rename(&tmp, bundle.join("address"))
 }
