@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use edgewasm_api::{GRANTS_ANNOTATION, Grants};
+use edgewasm_api::{DEVICE_CREDENTIALS_MOUNT, GRANTS_ANNOTATION, Grants, WORKLOAD_ANNOTATION};
 use edgewasm_runtime::Limits;
 use serde_json::Value;
 
@@ -28,6 +28,8 @@ pub struct BundleSpec {
     pub netns: Option<PathBuf>,
     pub limits: Limits,
     pub terminal: bool,
+    /// `mounts`: destination in the container → source on the host.
+    pub mounts: BTreeMap<String, PathBuf>,
 }
 
 /// A bundle that cannot be run.
@@ -50,6 +52,8 @@ pub enum BundleError {
     ProgramNotFound { wasm: String, searched: String },
     #[error("terminal (tty) containers are not supported by edgewasm")]
     Terminal,
+    #[error("annotation {WORKLOAD_ANNOTATION} must be <namespace>/<name>, not {0:?}")]
+    Workload(String),
 }
 
 impl BundleSpec {
@@ -122,6 +126,19 @@ impl BundleSpec {
                 deadline: None,
             },
             terminal: process["terminal"].as_bool().unwrap_or(false),
+            mounts: spec["mounts"]
+                .as_array()
+                .map(|m| {
+                    m.iter()
+                        .filter_map(|m| {
+                            Some((
+                                m["destination"].as_str()?.to_owned(),
+                                PathBuf::from(m["source"].as_str()?),
+                            ))
+                        })
+                        .collect()
+                })
+                .unwrap_or_default(),
         })
     }
 
@@ -159,6 +176,36 @@ impl BundleSpec {
                     .ok_or_else(|| BundleError::Timeout(v.clone()))
             })
             .transpose()
+    }
+
+    /// The host folder of the workload's device credentials Secret, as kubelet mounted it at
+    /// [`DEVICE_CREDENTIALS_MOUNT`] for the operator's volume. Read by the shim for the host's device
+    /// interfaces; the guest never sees it (it is not in the grants).
+    pub fn credentials_dir(&self) -> Option<&Path> {
+        self.mounts
+            .get(DEVICE_CREDENTIALS_MOUNT)
+            .map(PathBuf::as_path)
+    }
+
+    /// The workload an operator-built Pod runs, `(namespace, name)` from the `edgewasm.io/workload`
+    /// annotation; none without it. Both parts become folder names, so they must be DNS names.
+    pub fn workload(&self) -> Result<Option<(&str, &str)>, BundleError> {
+        let Some(value) = self.annotations.get(WORKLOAD_ANNOTATION) else {
+            return Ok(None);
+        };
+        let dns = |s: &str| {
+            !s.is_empty()
+                && s.len() <= 253
+                && !s.contains("..")
+                && s.bytes().all(|b| {
+                    b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'-' | b'.')
+                })
+                && s.starts_with(|c: char| c.is_ascii_alphanumeric())
+        };
+        match value.split_once('/') {
+            Some((ns, name)) if dns(ns) && dns(name) => Ok(Some((ns, name))),
+            _ => Err(BundleError::Workload(value.clone())),
+        }
     }
 
     /// Which shim process serves this container, as a key unique within one containerd namespace:
@@ -279,6 +326,34 @@ mod tests {
         assert_eq!(s.sandbox_id(), Some("pod1"));
         assert_eq!(s.grants().unwrap(), Grants::default());
         assert_eq!(s.shim_group(), "edgewasm-shared");
+        assert_eq!(s.credentials_dir(), None);
+        assert_eq!(s.workload().unwrap(), None);
+    }
+
+    #[test]
+    fn finds_the_credentials_mount_and_the_workload() {
+        let spec = r#"{
+            "process": {"args": ["/app.wasm"]},
+            "annotations": {"edgewasm.io/workload": "factory/sampler"},
+            "mounts": [
+                {"destination": "/proc", "source": "proc", "type": "proc"},
+                {"destination": "/run/edgewasm/device-credentials",
+                 "source": "/var/lib/kubelet/pods/p1/volumes/kubernetes.io~secret/device-credentials",
+                 "type": "bind", "options": ["rbind", "ro"]}
+            ]
+        }"#;
+        let mut s = BundleSpec::parse(spec).unwrap();
+        assert_eq!(
+            s.credentials_dir(),
+            Some(Path::new(
+                "/var/lib/kubelet/pods/p1/volumes/kubernetes.io~secret/device-credentials"
+            ))
+        );
+        assert_eq!(s.workload().unwrap(), Some(("factory", "sampler")));
+        for bad in ["sampler", "factory/../x", "/x", "a/b/c", "A/b"] {
+            s.annotations.insert(WORKLOAD_ANNOTATION.into(), bad.into());
+            assert!(s.workload().is_err(), "{bad}");
+        }
     }
 
     #[test]

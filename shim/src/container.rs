@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use edgewasm_runtime::{ExitReason, ExitStatus, Instance, InstanceSpec, Program};
+use edgewasm_runtime::{ExitReason, ExitStatus, Instance, InstanceSpec, Program, WorldSpec};
 use tokio::sync::watch;
 
 /// Lifecycle state, as containerd's Task API reports it.
@@ -53,6 +53,8 @@ pub enum Workload {
     Wasm {
         program: Arc<Program>,
         spec: InstanceSpec,
+        /// The device credentials and key-value store the instance's host interfaces use.
+        world: WorldSpec,
         instance: Option<Instance>,
     },
 }
@@ -67,6 +69,10 @@ pub struct Container {
     pub sandbox_id: Option<String>,
     pub netns: Option<PathBuf>,
     pub workload: Workload,
+    /// Read ends of the stdout/stderr fifos, held for the container's life as runc's shim does:
+    /// while containerd restarts, nobody else reads them, and the guest's writes would fail for
+    /// good (a closed pipe) instead of waiting for the restarted containerd to reattach.
+    pub fifo_readers: Vec<std::fs::File>,
     phase: Phase,
     exit_tx: watch::Sender<Option<Exit>>,
     /// An exit caused by a request (kill, a failed start) is not reported before this instant.
@@ -90,6 +96,7 @@ impl Container {
             sandbox_id: None,
             netns: None,
             workload,
+            fifo_readers: Vec::new(),
             phase: Phase::Created,
             exit_tx: watch::channel(None).0,
             report_exit_after: None,

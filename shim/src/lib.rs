@@ -31,6 +31,9 @@ pub async fn run() {
 /// containerd's per-task log fifo, which a shared shim loses once the task that started it is
 /// deleted: each shim process appends to `<value>.<pid>`.
 pub const LOG_FILE_ENV: &str = "EDGEWASM_SHIM_LOG_FILE";
+/// Environment variable (from containerd's environment) naming the folder where workloads' key-value
+/// stores are kept, `<dir>/keyvalue/<namespace>/<workload>`; default `/var/lib/edgewasm`.
+pub const STATE_DIR_ENV: &str = "EDGEWASM_STATE_DIR";
 
 /// Sends tracing output to the `log` fifo containerd opened in the bundle directory (it copies it
 /// into its own log), or to the file `EDGEWASM_SHIM_LOG_FILE` names, or nowhere.

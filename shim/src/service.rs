@@ -17,7 +17,7 @@ use containerd_shim::protos::topics;
 use containerd_shim::protos::ttrpc::{self, Code};
 use containerd_shim::publisher::RemotePublisher;
 use containerd_shim::{Context, Task, TtrpcContext, TtrpcResult};
-use edgewasm_runtime::{Host, HostConfig, InstanceSpec, Stdio};
+use edgewasm_runtime::{Credentials, Host, HostConfig, InstanceSpec, Stdio, WorldSpec};
 use tokio::sync::OnceCell;
 
 use crate::bundle::{BundleSpec, RootfsMount, find_program};
@@ -259,6 +259,20 @@ impl Service {
                     .clone()
                     .filter(|p| p.as_os_str() != own_netns.as_str()),
             };
+            let credentials = spec
+                .credentials_dir()
+                .map(Credentials::from_secret_dir)
+                .transpose()
+                .map_err(|e| invalid(&format!("the device credentials Secret: {e}")))?;
+            let keyvalue_dir = spec
+                .workload()
+                .map_err(|e| invalid(&e))?
+                .map(|(ns, name)| state_dir().join("keyvalue").join(ns).join(name));
+            let world = WorldSpec {
+                credentials,
+                keyvalue_dir,
+                ..WorldSpec::default()
+            };
             let path = |p: &str| (!p.is_empty()).then(|| PathBuf::from(p));
             let instance = InstanceSpec {
                 id: req.id.clone(),
@@ -280,6 +294,7 @@ impl Service {
                 Workload::Wasm {
                     program,
                     spec: instance,
+                    world,
                     instance: None,
                 },
             );
@@ -323,6 +338,13 @@ impl Service {
     }
 }
 
+/// Where the shim keeps what outlives a container (each workload's wasi:keyvalue store):
+/// `EDGEWASM_STATE_DIR` from containerd's environment, or `/var/lib/edgewasm`.
+fn state_dir() -> PathBuf {
+    std::env::var_os(crate::STATE_DIR_ENV)
+        .map_or_else(|| PathBuf::from("/var/lib/edgewasm"), PathBuf::from)
+}
+
 /// The container's stderr, held open by the shim from start until the exit message is written:
 /// while the guest's own handle is the only writer, its close would end the reader's copy (EOF)
 /// before the message arrives.
@@ -354,6 +376,21 @@ impl ExitMessages {
     }
 }
 
+/// A read end of the fifo at `path` (none for a plain file or no path), never read from: it keeps
+/// the guest's writes from failing with a closed pipe while containerd, the real reader, restarts.
+fn hold_fifo_open(path: &str) -> Option<std::fs::File> {
+    use std::os::unix::fs::{FileTypeExt as _, OpenOptionsExt as _};
+    if path.is_empty() || !std::fs::metadata(path).is_ok_and(|m| m.file_type().is_fifo()) {
+        return None;
+    }
+    std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::libc::O_NONBLOCK)
+        .open(path)
+        .inspect_err(|e| tracing::warn!(path, error = %e, "holding the fifo open"))
+        .ok()
+}
+
 fn state_status(phase: Phase) -> Status {
     match phase {
         Phase::Created => Status::CREATED,
@@ -376,13 +413,17 @@ impl Task for Service {
                 format!("container {} already exists", req.id),
             ));
         }
-        let container = match self.create_container(&req).await {
+        let mut container = match self.create_container(&req).await {
             Ok(c) => c,
             Err(e) => {
                 tracing::warn!(container = %req.id, error = %e, "create failed");
                 return Err(e);
             }
         };
+        container.fifo_readers = [&req.stdout, &req.stderr]
+            .into_iter()
+            .filter_map(|path| hold_fifo_open(path))
+            .collect();
         self.containers().insert(req.id.clone(), container);
         self.publish(
             topics::TASK_CREATE_EVENT_TOPIC,
@@ -414,7 +455,7 @@ impl Task for Service {
         req: api::StartRequest,
     ) -> TtrpcResult<api::StartResponse> {
         no_exec(&req.exec_id)?;
-        let (program, spec, stderr) = {
+        let (program, spec, world, stderr) = {
             let mut containers = self.containers();
             let c = containers
                 .get_mut(&req.id)
@@ -428,16 +469,24 @@ impl Task for Service {
             match &c.workload {
                 Workload::Sandbox => {
                     c.set_running();
-                    (None, None, String::new())
+                    (None, None, WorldSpec::default(), String::new())
                 }
-                Workload::Wasm { program, spec, .. } => {
-                    (Some(program.clone()), Some(spec.clone()), c.stderr.clone())
-                }
+                Workload::Wasm {
+                    program,
+                    spec,
+                    world,
+                    ..
+                } => (
+                    Some(program.clone()),
+                    Some(spec.clone()),
+                    world.clone(),
+                    c.stderr.clone(),
+                ),
             }
         };
         if let (Some(program), Some(spec)) = (program, spec) {
             let stderr = ExitMessages::open(&stderr);
-            let instance = match self.host().await?.start(program, spec).await {
+            let instance = match self.host().await?.start_with(program, spec, world).await {
                 Ok(i) => i,
                 Err(e) => {
                     let message = format!("edgewasm: starting {}: {e}", req.id);

@@ -259,6 +259,70 @@ async fn ctr_runs_modules_and_components() {
         text(&out.stderr)
     );
 
+    // Through the edgewasm:device world: a workload's key-value store outlives its containers.
+    let node = env.work.path().join("video1");
+    std::fs::write(&node, vec![0x80u8; 64]).unwrap();
+    let grants = serde_json::json!({
+        "device": {"name": "usb-cam", "handler": "udev", "properties": {
+            "subsystem": "video4linux", "devnode": node,
+            "width": "8", "height": "4", "format": "yuyv"}},
+        "paths": [{"host": node, "access": "readWrite"}],
+    });
+    let grants = format!("edgewasm.io/grants={grants}");
+    for run in 1..=2 {
+        let out = env.run(
+            &sampler,
+            &format!("kv-{run}"),
+            &[
+                "--annotation",
+                &grants,
+                "--annotation",
+                "edgewasm.io/workload=factory/sampler",
+                "--env",
+                "SAMPLES=1",
+            ],
+            &["/app.wasm"],
+        );
+        assert_eq!(out.status.code(), Some(0), "stderr: {}", text(&out.stderr));
+        let line: serde_json::Value = serde_json::from_str(text(&out.stdout).trim()).unwrap();
+        assert_eq!(
+            (line["backend"].as_str(), line["total"].as_u64()),
+            (Some("file"), Some(run)),
+            "{line}"
+        );
+    }
+    let store = env
+        .containerd
+        .dir()
+        .join("edgewasm-state/keyvalue/factory/sampler");
+    assert!(store.is_dir(), "{} missing", store.display());
+
+    // A device credentials Secret without its password fails at create, saying so.
+    let secret = env.work.path().join("secret");
+    std::fs::create_dir_all(&secret).unwrap();
+    std::fs::write(secret.join("username"), "admin").unwrap();
+    let mount = format!(
+        "type=bind,src={},dst={},options=rbind:ro",
+        secret.display(),
+        edgewasm_api::DEVICE_CREDENTIALS_MOUNT
+    );
+    let out = env.run(
+        &sampler,
+        "nocreds",
+        &["--annotation", &grants, "--mount", &mount],
+        &["/app.wasm"],
+    );
+    assert!(!out.status.success());
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains("device credentials Secret") && stderr.contains("password"),
+        "{stderr}"
+    );
+    let _ = env
+        .containerd
+        .ctr(NS)
+        .run(&["containers", "delete", "nocreds"]);
+
     // Memory limit from linux.resources.
     let grow = env.image(NS, "grow", &wat::parse_str(GROW_WAT).unwrap());
     let out = env.run(&grow, "grow", &["--memory-limit", "4194304"], &[]);
@@ -820,5 +884,132 @@ async fn cri_pods_get_their_own_network_namespace() {
     assert!(
         http_get(pod_http, "/healthz").is_none(),
         "the component stops with its pod"
+    );
+}
+
+/// Prints `tick` every 100 ms, forever.
+const TICK_WAT: &str = r#"(module
+  (import "wasi_snapshot_preview1" "fd_write" (func $fd_write (param i32 i32 i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "poll_oneoff" (func $poll (param i32 i32 i32 i32) (result i32)))
+  (memory (export "memory") 1)
+  (data (i32.const 16) "tick\n")
+  (func (export "_start")
+    (i32.store (i32.const 0) (i32.const 16))
+    (i32.store (i32.const 4) (i32.const 5))
+    (i32.store (i32.const 80) (i32.const 1))
+    (i64.store (i32.const 88) (i64.const 100000000))
+    (loop
+      (drop (call $fd_write (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 8)))
+      (drop (call $poll (i32.const 64) (i32.const 128) (i32.const 1) (i32.const 200)))
+      (br 0))))"#;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn cri_pods_survive_a_containerd_restart() {
+    let mut env = Env::start(true).await;
+    let tick = env.image(CRI_NAMESPACE, "tick", &wat::parse_str(TICK_WAT).unwrap());
+    let logs = env.work.path().join("logs");
+    let ticks = |pod: &str| {
+        std::fs::read_to_string(logs.join(pod).join("main.log"))
+            .unwrap_or_default()
+            .matches("stdout F tick")
+            .count()
+    };
+    // Two pods in the one shared shim: its socket serves four tasks.
+    let mut rt = cri(env.containerd.socket()).await;
+    let mut pods = Vec::new();
+    for name in ["pod-a", "pod-b"] {
+        let config = sandbox_config(name, &logs);
+        let pod = run_pod(&mut rt, &config).await;
+        let id = create_container(&mut rt, &pod, &config, "main", &tick)
+            .await
+            .unwrap();
+        rt.start_container(cri::StartContainerRequest {
+            container_id: id.clone(),
+        })
+        .await
+        .unwrap();
+        pods.push((name, pod, id));
+    }
+    for (name, _, _) in &pods {
+        poll(&format!("{name} ticks"), Duration::from_secs(20), || {
+            ticks(name) >= 2
+        });
+    }
+    let shims = env.containerd.shim_pids();
+    assert_eq!(shims.len(), 1, "both pods share one shim process");
+
+    env.containerd.restart().await.unwrap();
+    let mut rt = cri(env.containerd.socket()).await;
+    let before: Vec<usize> = pods.iter().map(|(name, _, _)| ticks(name)).collect();
+    // The same containers keep running and logging through the restarted containerd.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !pods
+        .iter()
+        .zip(&before)
+        .all(|((name, _, _), n)| ticks(name) >= n + 5)
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the logs stopped growing after the restart; containerd's log:\n{}",
+            std::fs::read_to_string(env.containerd.log_path()).unwrap_or_default()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for (name, pod, id) in &pods {
+        let status = rt
+            .container_status(cri::ContainerStatusRequest {
+                container_id: id.clone(),
+                verbose: false,
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .status
+            .unwrap();
+        assert_eq!(
+            status.state,
+            cri::ContainerState::ContainerRunning as i32,
+            "{name}: {status:?}\n{}",
+            std::fs::read_to_string(env.containerd.log_path()).unwrap_or_default()
+        );
+        let sandbox = rt
+            .pod_sandbox_status(cri::PodSandboxStatusRequest {
+                pod_sandbox_id: pod.clone(),
+                verbose: false,
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .status
+            .unwrap();
+        assert_eq!(
+            sandbox.state,
+            cri::PodSandboxState::SandboxReady as i32,
+            "{name}"
+        );
+    }
+    assert_eq!(
+        env.containerd.shim_pids(),
+        shims,
+        "the shim outlived containerd"
+    );
+
+    // The restarted containerd still controls them.
+    for (name, pod, _) in &pods {
+        rt.stop_pod_sandbox(cri::StopPodSandboxRequest {
+            pod_sandbox_id: pod.clone(),
+        })
+        .await
+        .unwrap_or_else(|e| panic!("stopping {name}: {e}"));
+        rt.remove_pod_sandbox(cri::RemovePodSandboxRequest {
+            pod_sandbox_id: pod.clone(),
+        })
+        .await
+        .unwrap();
+    }
+    poll(
+        "the shim exits after its last task",
+        Duration::from_secs(10),
+        || env.containerd.shim_pids().is_empty(),
     );
 }

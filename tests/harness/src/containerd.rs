@@ -123,6 +123,8 @@ impl Containerd {
         );
         let args = vec![
             format!("PATH={path}"),
+            // Shims keep workloads' key-value stores here, not in the machine's /var/lib/edgewasm.
+            format!("EDGEWASM_STATE_DIR={}", d.join("edgewasm-state").display()),
             containerd.display().to_string(),
             "--config".into(),
             d.join("config.toml").display().to_string(),
@@ -235,6 +237,7 @@ impl Containerd {
                 "PATH={path_env}{}",
                 std::env::var("PATH").unwrap_or_default()
             ),
+            format!("EDGEWASM_STATE_DIR={}", d.join("edgewasm-state").display()),
             which("containerd")?.display().to_string(),
             "--config".into(),
             d.join("config.toml").display().to_string(),
