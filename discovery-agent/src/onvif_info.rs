@@ -143,8 +143,7 @@ impl InfoError {
 }
 
 fn local(name: &[u8]) -> String {
-    let name = name.rsplit(|&b| b == b':').next().unwrap_or(name);
-    String::from_utf8_lossy(name).into_owned()
+    crate::wsdiscovery::local(name).into_owned()
 }
 
 fn push_text(buf: &mut String, s: &str) {
@@ -192,18 +191,7 @@ pub fn parse_response(body: &[u8]) -> Result<BTreeMap<String, String>, InfoError
             ),
             Event::CData(t) => push_text(&mut buf, &String::from_utf8_lossy(&t)),
             Event::GeneralRef(r) => {
-                let c = match r.resolve_char_ref() {
-                    Ok(Some(c)) => Some(c),
-                    _ => match r.as_ref() {
-                        b"amp" => Some('&'),
-                        b"lt" => Some('<'),
-                        b"gt" => Some('>'),
-                        b"quot" => Some('"'),
-                        b"apos" => Some('\''),
-                        _ => None,
-                    },
-                };
-                if let Some(c) = c {
+                if let Some(c) = crate::wsdiscovery::entity_char(&r) {
                     push_text(&mut buf, c.encode_utf8(&mut [0; 4]));
                 }
             }

@@ -89,7 +89,23 @@ impl ParseError {
     }
 }
 
-fn local(name: &[u8]) -> Cow<'_, str> {
+/// The character an entity or character reference stands for (`&amp;`, `&#x41;`); none for others.
+pub(crate) fn entity_char(r: &quick_xml::events::BytesRef<'_>) -> Option<char> {
+    match r.resolve_char_ref() {
+        Ok(Some(c)) => Some(c),
+        _ => match r.as_ref() {
+            b"amp" => Some('&'),
+            b"lt" => Some('<'),
+            b"gt" => Some('>'),
+            b"quot" => Some('"'),
+            b"apos" => Some('\''),
+            _ => None,
+        },
+    }
+}
+
+/// An element's name without its namespace prefix.
+pub(crate) fn local(name: &[u8]) -> Cow<'_, str> {
     let name = name.rsplit(|&b| b == b':').next().unwrap_or(name);
     String::from_utf8_lossy(name)
 }
@@ -155,18 +171,7 @@ pub fn parse(datagram: &[u8]) -> Result<Message, ParseError> {
             ),
             Event::CData(t) => push_text(&mut text_buf, &String::from_utf8_lossy(&t)),
             Event::GeneralRef(r) => {
-                let c = match r.resolve_char_ref() {
-                    Ok(Some(c)) => Some(c),
-                    _ => match r.as_ref() {
-                        b"amp" => Some('&'),
-                        b"lt" => Some('<'),
-                        b"gt" => Some('>'),
-                        b"quot" => Some('"'),
-                        b"apos" => Some('\''),
-                        _ => None,
-                    },
-                };
-                if let Some(c) = c {
+                if let Some(c) = entity_char(&r) {
                     push_text(&mut text_buf, c.encode_utf8(&mut [0; 4]));
                 }
             }
