@@ -19,6 +19,8 @@ use crate::{DeviceEvent, DiscoveredDevice, Handler};
 pub const HANDLER: &str = "static";
 /// Files bigger than this are rejected rather than read.
 const MAX_FILE_BYTES: u64 = 4 << 20;
+/// How long a read that drops devices waits for a writer to finish before it is read again.
+const REMOVAL_SETTLE: std::time::Duration = std::time::Duration::from_millis(150);
 
 /// One device entry in the file.
 #[derive(Clone, Debug, Deserialize)]
@@ -95,6 +97,25 @@ pub fn load(path: &Path) -> anyhow::Result<Vec<DiscoveredDevice>> {
         other => other.with_context(|| format!("reading {}", path.display()))?,
     };
     parse(&text).with_context(|| format!("parsing {}", path.display()))
+}
+
+/// Reads the file; `None` (logged) when it does not parse, so the last good list stays in use: a
+/// half-written file must not make devices vanish.
+fn load_or_keep(path: &Path) -> Option<Vec<DiscoveredDevice>> {
+    load(path)
+        .map_err(|e| {
+            tracing::error!(
+                error = format!("{e:#}"),
+                "static device file unusable; keeping previous devices"
+            );
+            crate::metrics::bad_input(HANDLER, "file");
+        })
+        .ok()
+}
+
+fn removes_some(old: &[DiscoveredDevice], new: &[DiscoveredDevice]) -> bool {
+    old.iter()
+        .any(|o| !new.iter().any(|n| n.identity == o.identity))
 }
 
 /// The events that turn the `old` set into the `new` set.
@@ -194,18 +215,23 @@ impl Handler for StaticHandler {
                 () = shutdown.cancelled() => return Ok(()),
                 msg = dirty_rx.recv() => if msg.is_none() { return Ok(()) },
             }
-            let next = match load(&file) {
-                Ok(d) => d,
-                Err(e) => {
-                    // Keep the last good list: a half-written file must not make devices vanish.
-                    tracing::error!(
-                        error = format!("{e:#}"),
-                        "static device file unusable; keeping previous devices"
-                    );
-                    crate::metrics::bad_input(HANDLER, "file");
-                    continue;
-                }
+            let Some(mut next) = load_or_keep(&file) else {
+                continue;
             };
+            // A file rewritten in place (truncate, then write) reads empty or cut short for a moment.
+            // New and changed devices go out at once; a removal waits until a second read agrees,
+            // so one editor save never stops the instances of the devices it kept.
+            if removes_some(&current, &next) {
+                tokio::select! {
+                    () = shutdown.cancelled() => return Ok(()),
+                    () = tokio::time::sleep(REMOVAL_SETTLE) => {}
+                }
+                while dirty_rx.try_recv().is_ok() {}
+                let Some(again) = load_or_keep(&file) else {
+                    continue;
+                };
+                next = again;
+            }
             for ev in diff(&current, &next) {
                 tracing::info!(event = ?ev, "static device change");
                 if events.send(ev).await.is_err() {

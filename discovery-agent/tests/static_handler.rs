@@ -68,3 +68,36 @@ async fn follows_file_changes() {
     assert!(matches!(ev, DeviceEvent::Gone { identity, .. } if identity == "cam1"));
     h.stop().await.unwrap();
 }
+
+/// An editor that saves in place truncates the file and then writes it: the handler must not read
+/// the empty moment in between as "every device is gone".
+#[tokio::test]
+async fn an_in_place_rewrite_does_not_remove_the_devices_it_keeps() {
+    use std::io::Write as _;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("devices.yaml");
+    std::fs::write(&file, "- id: cam1\n- id: sensor\n").unwrap();
+    let mut h = Running::start(Box::new(StaticHandler::new(file.clone())));
+    assert!(matches!(h.next().await, DeviceEvent::Resync { .. }));
+
+    let mut f = std::fs::File::create(&file).unwrap();
+    // The handler sees the truncation and reads an empty file before the rest arrives.
+    tokio::time::sleep(std::time::Duration::from_millis(30)).await;
+    f.write_all(b"- id: cam1-renamed\n- id: sensor\n").unwrap();
+    drop(f);
+
+    let mut gone = Vec::new();
+    let renamed = loop {
+        match h.next().await {
+            DeviceEvent::Seen(d) => break d,
+            DeviceEvent::Gone { identity, .. } => gone.push(identity),
+            ev @ DeviceEvent::Resync { .. } => panic!("unexpected {ev:?}"),
+        }
+    };
+    assert_eq!(renamed.identity, "cam1-renamed");
+    assert_eq!(gone, ["cam1"], "only the renamed device is gone");
+    // Nothing else follows: sensor was never reported gone, so it is not reported again.
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert!(h.try_next().is_none());
+    h.stop().await.unwrap();
+}
