@@ -49,6 +49,8 @@ pub struct RunOptions {
 /// How long `--once` waits for discovery handlers' first report.
 const DISCOVERY_SETTLE: Duration = Duration::from_secs(10);
 const TICK: Duration = Duration::from_millis(100);
+/// Most device events applied before one plan.
+const DEVICE_BURST: usize = 256;
 const PLACEMENTS_FILE: &str = "placements.json";
 
 struct Discovery {
@@ -186,14 +188,25 @@ pub async fn run(opts: RunOptions, shutdown: CancellationToken) -> anyhow::Resul
     let mut result = true;
     loop {
         let mut replan = false;
+        // Biased: device events already queued are applied before a tick can expire a device
+        // whose return is waiting in the queue.
         tokio::select! {
+            biased;
             () = shutdown.cancelled() => break,
             Some(event) = dev_rx.recv() => {
-                let handler = event.handler().to_owned();
-                discovery.pending.remove(&handler);
-                let approved = discovery.approvals.get(&handler).copied().unwrap_or(false);
-                let base = if handler == "static" { discovery.static_base.as_deref() } else { None };
-                let changes = devices.apply(event, approved, base, Timestamp::now());
+                // A burst (a rewritten devices file, a hub with several cameras) is applied as one
+                // change and planned once.
+                let mut changes = Vec::new();
+                let burst = std::iter::once(event)
+                    .chain(std::iter::from_fn(|| dev_rx.try_recv().ok()))
+                    .take(DEVICE_BURST);
+                for event in burst {
+                    let handler = event.handler().to_owned();
+                    discovery.pending.remove(&handler);
+                    let approved = discovery.approvals.get(&handler).copied().unwrap_or(false);
+                    let base = if handler == "static" { discovery.static_base.as_deref() } else { None };
+                    changes.extend(devices.apply(event, approved, base, Timestamp::now()));
+                }
                 report_changes(&changes, &devices, grace, &mut view);
                 replan = !changes.is_empty();
             }

@@ -203,6 +203,12 @@ impl Run {
 
 impl Drop for Run {
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("events seen before the failure:");
+            for v in self.seen.iter().filter(|v| v["event"] != "log") {
+                eprintln!("  {v}");
+            }
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
@@ -327,10 +333,17 @@ fn serves_readings_and_stops_the_instance_of_a_removed_device() {
     run.wait_for("new camera placed", |v| {
         is(v, "compiling", "camera-sampler") && v["placement"] != absent["device"]
     });
+    let absent = run.events("device_absent");
     assert!(
-        run.events("placement_stopped")
+        absent.iter().all(|v| v["label"] == "camera0"),
+        "rewriting the file does not make the devices it keeps absent: {absent:#?}"
+    );
+    let stopped = run.events("placement_stopped");
+    assert!(
+        stopped
             .iter()
-            .all(|v| v["workload"] == "default/camera-sampler")
+            .all(|v| v["workload"] == "default/camera-sampler"),
+        "only the sampler of the unplugged camera stops: {stopped:#?}"
     );
 
     assert!(run.interrupt(), "Ctrl-C is a clean stop");
