@@ -9,8 +9,9 @@ use anyhow::Context as _;
 use edgewasm_api::{
     Device, LABEL_WORKLOAD, Placement, PlanOptions, WasmWorkload, WorkloadPlan, plan,
 };
-use futures::StreamExt;
-use futures::channel::mpsc;
+use futures::channel::{mpsc, oneshot};
+use futures::future::{BoxFuture, Shared};
+use futures::{FutureExt, StreamExt};
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
@@ -44,6 +45,8 @@ pub struct Context {
     pub workloads: Store<WasmWorkload>,
     /// All Devices.
     pub devices: Store<Device>,
+    /// Resolves once the device cache holds the initial list (see [`ready_gate`]).
+    devices_ready: ReadyGate,
     pub recorder: Recorder,
     pub metrics: Arc<Metrics>,
     pub config: Config,
@@ -79,6 +82,7 @@ impl Context {
             recorder: Recorder::new(client.clone(), reporter),
             client,
             workloads,
+            devices_ready: ready_gate(devices.clone()),
             devices,
             metrics,
             config,
@@ -97,6 +101,16 @@ impl Context {
             let _ = self
                 .requeue_tx
                 .unbounded_send(ObjectRef::new(name).within(ns));
+        }
+    }
+
+    /// Waits until the device cache holds the initial list: planning against an empty cache would
+    /// look like every device vanished.
+    async fn devices_synced(&self) -> Result<()> {
+        if self.devices_ready.clone().await {
+            Ok(())
+        } else {
+            Err(Error::MissingField("device cache"))
         }
     }
 
@@ -179,11 +193,7 @@ async fn apply(w: Arc<WasmWorkload>, ctx: &Context) -> Result<Action> {
     let ns = w
         .namespace()
         .ok_or(Error::MissingField("metadata.namespace"))?;
-    // Planning against an empty cache would look like every device vanished.
-    ctx.devices
-        .wait_until_ready()
-        .await
-        .map_err(|_| Error::MissingField("device cache"))?;
+    ctx.devices_synced().await?;
 
     let now = Timestamp::now();
     let opts = PlanOptions {
@@ -483,10 +493,7 @@ fn next_check(
 async fn cleanup(w: Arc<WasmWorkload>, ctx: &Context) -> Result<Action> {
     let key = w.key();
     let api: Api<Device> = Api::all(ctx.client.clone());
-    ctx.devices
-        .wait_until_ready()
-        .await
-        .map_err(|_| Error::MissingField("device cache"))?;
+    ctx.devices_synced().await?;
     let mut devices: Vec<Device> = ctx.devices.state().iter().map(|d| (**d).clone()).collect();
     let mut released = false;
     for _ in 0..MAX_ALLOCATION_ATTEMPTS {
@@ -529,6 +536,57 @@ async fn cleanup(w: Arc<WasmWorkload>, ctx: &Context) -> Result<Action> {
     Ok(Action::await_change())
 }
 
+/// A store's readiness that any number of tasks can await at once; `false` if its writer was
+/// dropped first.
+type ReadyGate = Shared<BoxFuture<'static, bool>>;
+
+/// Wraps [`Store::wait_until_ready`] so it has exactly one waiter.
+///
+/// kube-runtime 5.0 backs that readiness with a `futures` oneshot receiver, which keeps only the
+/// last waker that polled it: of several tasks waiting at once, only the last one to poll is woken
+/// when the initial list lands, and the others wait forever. Reconciles that started before the
+/// device cache was ready hung that way, and a hung reconcile holds its workload's slot in the
+/// controller, so the workload was never reconciled again. [`Shared`] wakes every waiter.
+fn ready_gate<K>(store: Store<K>) -> ReadyGate
+where
+    K: Resource + Clone + Send + Sync + 'static,
+    K::DynamicType: std::hash::Hash + Eq + Clone + Send + Sync,
+{
+    async move { store.wait_until_ready().await.is_ok() }
+        .boxed()
+        .shared()
+}
+
+/// Logs and counts what the controller reports. A failed reconcile was already counted and logged
+/// by [`error_policy`]; anything else is a reconcile that did not run.
+fn report<E: std::fmt::Display, Q: std::fmt::Display>(
+    metrics: &Metrics,
+    result: std::result::Result<
+        (ObjectRef<WasmWorkload>, Action),
+        kube::runtime::controller::Error<E, Q>,
+    >,
+) {
+    use kube::runtime::controller::Error as Ce;
+    match result {
+        Ok((object, _)) => tracing::trace!(workload = %object.name, "reconciled"),
+        Err(Ce::ReconcilerFailed(e, _)) => tracing::debug!(error = %e, "reconcile failed"),
+        // A trigger for a workload no longer in the cache: normal once it is deleted (its Pods'
+        // deletions still point at it), so only counted.
+        Err(Ce::ObjectNotFound(object)) => {
+            metrics.dropped_reconcile("object_not_found");
+            tracing::debug!(object = %object, "reconcile dropped: the workload is not in the cache");
+        }
+        Err(e @ Ce::QueueError(_)) => {
+            metrics.dropped_reconcile("queue_error");
+            tracing::warn!(error = %e, "a reconcile trigger failed");
+        }
+        Err(e) => {
+            metrics.dropped_reconcile("runner_error");
+            tracing::warn!(error = %e, "the controller could not run reconciles");
+        }
+    }
+}
+
 /// Runs the controller until a termination signal: watches WasmWorkloads, their Pods, and Devices.
 pub async fn run(client: Client, config: Config, metrics: Arc<Metrics>) -> anyhow::Result<()> {
     let workloads: Api<WasmWorkload> = Api::all(client.clone());
@@ -566,20 +624,35 @@ pub async fn run(client: Client, config: Config, metrics: Arc<Metrics>) -> anyho
         }
     });
 
-    let controller = Controller::new(workloads, watcher::Config::default());
+    // The controller's own workload cache, built here so its initial list is observed without a
+    // second waiter on the store's readiness (the controller's runner already waits on it; see
+    // `ready_gate` for why two waiters are one too many).
+    let (workload_store, workload_writer) = reflector::store();
+    let (listed_tx, listed_rx) = oneshot::channel::<()>();
+    let mut listed_tx = Some(listed_tx);
+    let workload_changes = watcher(workloads, watcher::Config::default())
+        .default_backoff()
+        .reflect(workload_writer)
+        .inspect(move |event| {
+            if matches!(event, Ok(watcher::Event::InitDone))
+                && let Some(tx) = listed_tx.take()
+            {
+                let _ = tx.send(());
+            }
+        })
+        .applied_objects();
+    let controller = Controller::for_stream(workload_changes, workload_store.clone());
     let ctx = Arc::new(Context::new(
         client.clone(),
-        controller.store(),
-        device_store.clone(),
+        workload_store,
+        device_store,
         metrics.clone(),
         config,
     ));
     let readiness = {
-        let (workload_store, metrics) = (controller.store(), metrics.clone());
+        let (devices_ready, metrics) = (ctx.devices_ready.clone(), metrics.clone());
         async move {
-            if workload_store.wait_until_ready().await.is_ok()
-                && device_store.wait_until_ready().await.is_ok()
-            {
+            if listed_rx.await.is_ok() && devices_ready.await {
                 metrics.set_ready(true);
                 tracing::info!("caches synced; ready");
             }
@@ -597,11 +670,9 @@ pub async fn run(client: Client, config: Config, metrics: Arc<Metrics>) -> anyho
         .reconcile_on(requeues)
         .shutdown_on_signal()
         .run(reconcile, error_policy, ctx)
-        .for_each(|result| async move {
-            match result {
-                Ok((object, _)) => tracing::trace!(workload = %object.name, "reconciled"),
-                Err(e) => tracing::debug!(error = %e, "reconcile did not complete"),
-            }
+        .for_each(move |result| {
+            report(&metrics, result);
+            std::future::ready(())
         });
     tokio::join!(readiness, reconciling);
     Ok(())

@@ -36,6 +36,7 @@ pub struct Metrics {
     placements: Family<WorkloadLabels, Gauge>,
     waiting: Family<WorkloadLabels, Gauge>,
     conflicts: Counter,
+    dropped: Family<ErrorLabels, Counter>,
     ready: AtomicBool,
 }
 
@@ -54,6 +55,7 @@ impl Default for Metrics {
         let placements = Family::<WorkloadLabels, Gauge>::default();
         let waiting = Family::<WorkloadLabels, Gauge>::default();
         let conflicts = Counter::default();
+        let dropped = Family::<ErrorLabels, Counter>::default();
         registry.register("reconciles", "Reconciles started", reconciles.clone());
         registry.register(
             "reconcile_errors",
@@ -80,6 +82,11 @@ impl Default for Metrics {
             "Device allocation writes that hit a conflict",
             conflicts.clone(),
         );
+        registry.register(
+            "dropped_reconciles",
+            "Reconcile triggers the controller could not act on, by reason",
+            dropped.clone(),
+        );
         Self {
             registry,
             reconciles,
@@ -88,6 +95,7 @@ impl Default for Metrics {
             placements,
             waiting,
             conflicts,
+            dropped,
             ready: AtomicBool::new(false),
         }
     }
@@ -126,6 +134,15 @@ impl Metrics {
 
     pub fn conflict(&self) {
         self.conflicts.inc();
+    }
+
+    /// Counts a reconcile trigger that never reached [`crate::reconcile`].
+    pub fn dropped_reconcile(&self, reason: &str) {
+        self.dropped
+            .get_or_create(&ErrorLabels {
+                error: reason.to_owned(),
+            })
+            .inc();
     }
 
     pub fn placements(&self, workload: &str, placed: usize, waiting: usize) {
