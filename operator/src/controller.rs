@@ -38,6 +38,10 @@ pub const FINALIZER: &str = "edgewasm.io/allocations";
 /// How often an allocation write is retried after conflicts before the reconcile fails (and backs off).
 const MAX_ALLOCATION_ATTEMPTS: u32 = 5;
 
+/// How long one reconcile may take before it fails (and backs off). A reconcile that never ends
+/// holds its workload's slot in the controller, so that workload would never be reconciled again.
+const RECONCILE_TIMEOUT: Duration = Duration::from_mins(2);
+
 /// Everything a reconcile needs, shared by all of them.
 pub struct Context {
     pub client: Client,
@@ -151,20 +155,25 @@ pub async fn reconcile(w: Arc<WasmWorkload>, ctx: Arc<Context>) -> Result<Action
         .ok_or(Error::MissingField("metadata.namespace"))?;
     let api: Api<WasmWorkload> = Api::namespaced(ctx.client.clone(), &ns);
     let context: &Context = &ctx;
-    let result = Box::pin(finalizer(&api, FINALIZER, w, |event| async move {
+    let finalized = Box::pin(finalizer(&api, FINALIZER, w, |event| async move {
         match event {
             Finalizer::Apply(w) => Box::pin(apply(w, context)).await,
             Finalizer::Cleanup(w) => Box::pin(cleanup(w, context)).await,
         }
-    }))
-    .await
-    .map_err(|e| match e {
-        finalizer::Error::ApplyFailed(e) | finalizer::Error::CleanupFailed(e) => e,
-        other => Error::Finalizer {
+    }));
+    let result = match tokio::time::timeout(RECONCILE_TIMEOUT, finalized).await {
+        Ok(result) => result.map_err(|e| match e {
+            finalizer::Error::ApplyFailed(e) | finalizer::Error::CleanupFailed(e) => e,
+            other => Error::Finalizer {
+                workload: key.clone(),
+                message: other.to_string(),
+            },
+        }),
+        Err(_) => Err(Error::Timeout {
             workload: key.clone(),
-            message: other.to_string(),
-        },
-    });
+            after: RECONCILE_TIMEOUT,
+        }),
+    };
     if result.is_ok() {
         ctx.failures.lock().expect("failures lock").remove(&key);
     }
@@ -683,6 +692,28 @@ mod tests {
     use super::*;
     use edgewasm_api::{DeviceSpec, DeviceStatus, Grants};
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+
+    /// Lets every spawned task run until it waits.
+    async fn settle() {
+        for _ in 0..16 {
+            tokio::task::yield_now().await;
+        }
+    }
+
+    #[tokio::test]
+    async fn every_reconcile_waiting_for_the_device_cache_wakes_when_it_is_listed() {
+        let (store, mut writer) = reflector::store::<Device>();
+        let gate = ready_gate(store);
+        let waiters: Vec<_> = (0..3).map(|_| tokio::spawn(gate.clone())).collect();
+        settle().await;
+        writer.apply_watcher_event(&watcher::Event::InitDone);
+        for waiter in waiters {
+            let woken = tokio::time::timeout(Duration::from_secs(5), waiter)
+                .await
+                .expect("a waiter was never woken");
+            assert!(woken.expect("waiter task"));
+        }
+    }
 
     #[test]
     fn requeues_when_the_first_grace_period_ends() {

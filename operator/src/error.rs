@@ -16,6 +16,11 @@ pub enum Error {
     Finalizer { workload: String, message: String },
     #[error("object without {0}")]
     MissingField(&'static str),
+    #[error("reconciling {workload} did not finish within {after:?}")]
+    Timeout {
+        workload: String,
+        after: std::time::Duration,
+    },
 }
 
 impl Error {
@@ -39,6 +44,7 @@ impl Error {
             Self::AllocationConflict { .. } => "allocation conflict",
             Self::Finalizer { .. } => "finalizer",
             Self::MissingField(_) => "missing field",
+            Self::Timeout { .. } => "timeout",
         }
     }
 }
