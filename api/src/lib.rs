@@ -5,6 +5,7 @@ pub mod capabilities;
 pub mod device;
 pub mod grants;
 pub mod manifest;
+pub mod onvif;
 pub mod placement;
 pub mod selector;
 pub mod validation;

@@ -7,10 +7,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::Context as _;
-use base64::Engine as _;
+use edgewasm_api::onvif;
 use quick_xml::events::Event;
 use serde::Deserialize;
-use sha1::Digest as _;
 
 /// Longest answer read from a camera.
 pub const MAX_RESPONSE_BYTES: usize = 64 * 1024;
@@ -69,42 +68,15 @@ impl Credentials {
     }
 }
 
-/// WS-Security PasswordDigest: Base64(SHA-1(nonce + created + password)).
-pub fn password_digest(nonce: &[u8], created: &str, password: &str) -> String {
-    let mut h = sha1::Sha1::new();
-    h.update(nonce);
-    h.update(created.as_bytes());
-    h.update(password.as_bytes());
-    base64::engine::general_purpose::STANDARD.encode(h.finalize())
-}
-
 /// The GetDeviceInformation request, with a UsernameToken when there are credentials.
 pub fn request(credentials: Option<&Credentials>, nonce: &[u8], created: &str) -> String {
-    use quick_xml::escape::escape;
-    let security = credentials.map_or_else(String::new, |c| {
-        format!(
-            concat!(
-                r#"<s:Header><wsse:Security s:mustUnderstand="1" "#,
-                r#"xmlns:wsse="http://docs.oasis-open.org/wss/2004/01/oasis-200401-wss-wssecurity-secext-1.0.xsd" "#,
-                r#"xmlns:wsu="http://docs.oasis-open.org/wss/2004/01/oasis-200401-wss-wssecurity-utility-1.0.xsd">"#,
-                "<wsse:UsernameToken><wsse:Username>{user}</wsse:Username>",
-                r#"<wsse:Password Type="http://docs.oasis-open.org/wss/2004/01/oasis-200401-wss-username-token-profile-1.0#PasswordDigest">{digest}</wsse:Password>"#,
-                r#"<wsse:Nonce EncodingType="http://docs.oasis-open.org/wss/2004/01/oasis-200401-wss-soap-message-security-1.0#Base64Binary">{nonce}</wsse:Nonce>"#,
-                "<wsu:Created>{created}</wsu:Created></wsse:UsernameToken></wsse:Security></s:Header>"
-            ),
-            user = escape(c.username.as_str()),
-            digest = password_digest(nonce, created, &c.password),
-            nonce = base64::engine::general_purpose::STANDARD.encode(nonce),
-            created = created,
-        )
+    let header = credentials.map_or_else(String::new, |c| {
+        onvif::security_header(&c.username, &c.password, nonce, created)
     });
-    format!(
-        concat!(
-            r#"<?xml version="1.0" encoding="UTF-8"?>"#,
-            r#"<s:Envelope xmlns:s="http://www.w3.org/2003/05/soap-envelope" xmlns:tds="http://www.onvif.org/ver10/device/wsdl">"#,
-            "{security}<s:Body><tds:GetDeviceInformation/></s:Body></s:Envelope>"
-        ),
-        security = security
+    onvif::envelope(
+        r#"xmlns:tds="http://www.onvif.org/ver10/device/wsdl""#,
+        &header,
+        "<tds:GetDeviceInformation/>",
     )
 }
 
@@ -340,19 +312,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn digest_matches_the_ws_security_example() {
-        // From the ONVIF Application Programmer's Guide (5.12.2.1): nonce, created and password give
-        // this digest.
-        let nonce = base64::engine::general_purpose::STANDARD
-            .decode("LKqI6G/AikKCQrN0zqZFlg==")
-            .unwrap();
-        assert_eq!(
-            password_digest(&nonce, "2010-09-16T07:50:45Z", "userpassword"),
-            "tuOSpGlFlIXsozq4HFNeeGeFLEI="
-        );
-    }
-
-    #[test]
     fn request_carries_the_token_only_with_credentials() {
         let anon = request(None, b"n", "2026-01-01T00:00:00Z");
         assert!(!anon.contains("UsernameToken"));
@@ -363,7 +322,7 @@ mod tests {
         };
         let signed = request(Some(&c), b"n", "2026-01-01T00:00:00Z");
         assert!(signed.contains("<wsse:Username>a&lt;b</wsse:Username>"));
-        assert!(signed.contains(&password_digest(b"n", "2026-01-01T00:00:00Z", "p")));
+        assert!(signed.contains(&onvif::password_digest(b"n", "2026-01-01T00:00:00Z", "p")));
         assert!(!signed.contains(">p<"), "the password itself is never sent");
     }
 

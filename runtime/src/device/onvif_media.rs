@@ -6,11 +6,11 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use base64::Engine as _;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper_util::rt::TokioIo;
 use quick_xml::events::Event;
-use sha1::Digest as _;
+
+use edgewasm_api::onvif;
 
 use super::DeviceError;
 use crate::network::NetPolicy;
@@ -77,7 +77,7 @@ async fn resolve(
         &format!("{MEDIA_NS}/GetSnapshotUri"),
         &format!(
             r#"<GetSnapshotUri xmlns="{MEDIA_NS}"><ProfileToken>{}</ProfileToken></GetSnapshotUri>"#,
-            escape(&token)
+            onvif::escape(&token)
         ),
         credentials,
         net,
@@ -86,22 +86,6 @@ async fn resolve(
     element_text(&snapshot, &["MediaUri", "Uri"]).ok_or_else(|| {
         DeviceError::Unsupported(format!("profile {token} of {media} offers no snapshot URI"))
     })
-}
-
-fn escape(s: &str) -> String {
-    s.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-        .replace('"', "&quot;")
-}
-
-/// The WS-Security digest: base64(sha1(nonce + created + password)).
-fn password_digest(nonce: &[u8], created: &str, password: &str) -> String {
-    let mut h = sha1::Sha1::new();
-    h.update(nonce);
-    h.update(created.as_bytes());
-    h.update(password.as_bytes());
-    base64::engine::general_purpose::STANDARD.encode(h.finalize())
 }
 
 /// `YYYY-MM-DDThh:mm:ssZ` for `secs` since the Unix epoch.
@@ -133,31 +117,12 @@ fn envelope(body: &str, credentials: Option<&Credentials>) -> String {
             use std::io::Read as _;
             let _ = f.read_exact(&mut nonce);
         }
-        let created = utc(
-            SystemTime::now()
-                .duration_since(SystemTime::UNIX_EPOCH)
-                .map_or(0, |d| d.as_secs()),
-        );
-        let b64 = base64::engine::general_purpose::STANDARD;
-        format!(
-            concat!(
-                "<s:Header><wsse:Security s:mustUnderstand=\"1\" ",
-                "xmlns:wsse=\"http://docs.oasis-open.org/wss/2004/01/oasis-200401-wss-wssecurity-secext-1.0.xsd\" ",
-                "xmlns:wsu=\"http://docs.oasis-open.org/wss/2004/01/oasis-200401-wss-wssecurity-utility-1.0.xsd\">",
-                "<wsse:UsernameToken><wsse:Username>{user}</wsse:Username>",
-                "<wsse:Password Type=\"http://docs.oasis-open.org/wss/2004/01/oasis-200401-wss-username-token-profile-1.0#PasswordDigest\">{digest}</wsse:Password>",
-                "<wsse:Nonce EncodingType=\"http://docs.oasis-open.org/wss/2004/01/oasis-200401-wss-soap-message-security-1.0#Base64Binary\">{nonce}</wsse:Nonce>",
-                "<wsu:Created>{created}</wsu:Created></wsse:UsernameToken></wsse:Security></s:Header>"
-            ),
-            user = escape(&c.username),
-            digest = password_digest(&nonce, &created, &c.password),
-            nonce = b64.encode(nonce),
-            created = created,
-        )
+        let created = utc(SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs()));
+        onvif::security_header(&c.username, &c.password, &nonce, &created)
     });
-    format!(
-        r#"<?xml version="1.0" encoding="UTF-8"?><s:Envelope xmlns:s="http://www.w3.org/2003/05/soap-envelope">{header}<s:Body>{body}</s:Body></s:Envelope>"#
-    )
+    onvif::envelope("", &header, body)
 }
 
 /// POSTs one SOAP request to `url` (a granted peer) and returns the answer's text.
@@ -318,15 +283,7 @@ mod tests {
     }
 
     #[test]
-    fn digests_and_timestamps_follow_ws_security() {
-        // The example of the WS-Security UsernameToken profile 1.0.
-        let nonce = base64::engine::general_purpose::STANDARD
-            .decode("LKqI6G/AikKCQrN0zqZFlg==")
-            .unwrap();
-        assert_eq!(
-            password_digest(&nonce, "2010-09-16T07:50:45Z", "userpassword"),
-            "tuOSpGlFlIXsozq4HFNeeGeFLEI="
-        );
+    fn timestamps_follow_ws_security() {
         assert_eq!(utc(0), "1970-01-01T00:00:00Z");
         assert_eq!(utc(1_795_720_392), "2026-11-26T19:13:12Z");
     }
