@@ -6,16 +6,19 @@
 //!
 //! One test function: the three handlers share one publisher, like the agent's.
 
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
+mod common;
+
+use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{Context as _, Result};
+use common::netns::Netns;
+use common::sysfs::FakeSys;
 use edgewasm_api::{Device, device_name};
-use edgewasm_discovery_agent::config::{OnvifConfig, UdevConfig};
+use edgewasm_discovery_agent::config::OnvifConfig;
 use edgewasm_discovery_agent::onvif::OnvifHandler;
 use edgewasm_discovery_agent::publisher::{Publisher, PublisherConfig};
 use edgewasm_discovery_agent::static_file::StaticHandler;
@@ -28,7 +31,6 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 const TIMEOUT: Duration = Duration::from_secs(30);
-const USB: &str = "/devices/pci0000:00/0000:00:14.0/usb1/1-2";
 
 /// The handlers and the publisher, wired as the agent wires them; stopped when dropped.
 struct Agent {
@@ -81,130 +83,6 @@ impl Drop for Agent {
     }
 }
 
-/// A fake sysfs tree with one USB webcam whose video node is named after this test process.
-struct FakeSys {
-    dir: tempfile::TempDir,
-    video: String,
-}
-
-impl FakeSys {
-    fn new(video_name: &str) -> Self {
-        let s = Self {
-            dir: tempfile::tempdir().unwrap(),
-            video: format!("{USB}/1-2:1.0/video4linux/{video_name}"),
-        };
-        s.attrs(
-            USB,
-            &[
-                ("idVendor", "046d\n"),
-                ("idProduct", "0825\n"),
-                ("serial", "CAFE01\n"),
-                ("product", "Webcam C270\n"),
-            ],
-        );
-        s.attrs(
-            &s.video,
-            &[(
-                "uevent",
-                &format!("MAJOR=81\nMINOR=0\nDEVNAME={video_name}\n"),
-            )],
-        );
-        let class_dir = s.sys().join("class/video4linux");
-        std::fs::create_dir_all(&class_dir).unwrap();
-        std::os::unix::fs::symlink(
-            s.sys().join(s.video.trim_start_matches('/')),
-            class_dir.join(video_name),
-        )
-        .unwrap();
-        std::fs::create_dir_all(s.dev()).unwrap();
-        s
-    }
-    fn sys(&self) -> PathBuf {
-        self.dir.path().join("sys")
-    }
-    fn dev(&self) -> PathBuf {
-        self.dir.path().join("dev")
-    }
-    fn attrs(&self, devpath: &str, attrs: &[(&str, &str)]) {
-        let d = self.sys().join(devpath.trim_start_matches('/'));
-        std::fs::create_dir_all(&d).unwrap();
-        for (k, v) in attrs {
-            std::fs::write(d.join(k), v).unwrap();
-        }
-    }
-    fn config(&self) -> UdevConfig {
-        UdevConfig {
-            sysfs_root: self.sys(),
-            dev_root: self.dev(),
-            ..UdevConfig::default()
-        }
-    }
-}
-
-fn ip(args: &[&str]) {
-    let out = Command::new("ip")
-        .args(args)
-        .output()
-        .expect("running `ip` (iproute2 must be installed; the test needs root)");
-    assert!(
-        out.status.success(),
-        "ip {}: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// A network namespace joined by a veth pair; removed on drop, even when the test fails.
-struct Netns {
-    name: String,
-    host_if: String,
-    camera_addr: Ipv4Addr,
-}
-
-impl Netns {
-    fn create() -> Self {
-        let pid = std::process::id();
-        let subnet = 150 + (pid % 100) as u8;
-        let ns = Self {
-            name: format!("ewhc-{pid}"),
-            host_if: format!("ewhh{pid}"),
-            camera_addr: Ipv4Addr::new(169, 254, subnet, 2),
-        };
-        let peer = format!("ewhc{pid}");
-        ip(&["netns", "add", &ns.name]);
-        ip(&[
-            "link",
-            "add",
-            &ns.host_if,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            &peer,
-        ]);
-        ip(&["link", "set", &peer, "netns", &ns.name]);
-        let host = format!("169.254.{subnet}.1/24");
-        ip(&["addr", "add", &host, "dev", &ns.host_if]);
-        ip(&["link", "set", &ns.host_if, "up"]);
-        let cam = format!("{}/24", ns.camera_addr);
-        ip(&["-n", &ns.name, "addr", "add", &cam, "dev", &peer]);
-        ip(&["-n", &ns.name, "link", "set", &peer, "up"]);
-        ip(&["-n", &ns.name, "link", "set", "lo", "up"]);
-        ns
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["link", "del", &self.host_if])
-            .output();
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .output();
-    }
-}
-
 /// The simulated camera: answers Probes while it is present, on its own thread, and says Bye.
 struct Camera {
     socket: UdpSocket,
@@ -232,24 +110,7 @@ impl Camera {
 
     fn start(ns: &Netns, id: &str) -> Self {
         let addr = ns.camera_addr;
-        let path = format!("/run/netns/{}", ns.name);
-        // setns affects only the calling thread: create the socket on a thread of its own.
-        let socket: UdpSocket = std::thread::spawn(move || {
-            use socket2::{Domain, Protocol, Socket, Type};
-            let netns = std::fs::File::open(&path).expect("opening the namespace");
-            nix::sched::setns(netns, nix::sched::CloneFlags::CLONE_NEWNET)
-                .expect("entering the namespace");
-            let s = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP))?;
-            s.set_reuse_address(true)?;
-            s.bind(&SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, wsdiscovery::PORT).into())?;
-            s.join_multicast_v4(&wsdiscovery::MULTICAST_ADDR, &addr)?;
-            s.set_multicast_if_v4(&addr)?;
-            s.set_read_timeout(Some(Duration::from_millis(100)))?;
-            std::io::Result::Ok(UdpSocket::from(s))
-        })
-        .join()
-        .unwrap()
-        .expect("camera socket");
+        let socket = ns.wsdiscovery_socket();
         let mut camera = Self {
             socket,
             id: id.to_string(),
@@ -379,10 +240,10 @@ async fn handlers_publish_devices_to_the_apiserver() -> Result<()> {
     let node = format!("hc-node-{run}");
 
     // udev: a fake sysfs tree with a webcam; uevents come from the test.
-    let sys = FakeSys::new(&format!("video{run}"));
+    let sys = FakeSys::webcam(&format!("video{run}"));
     let (feed, uevents) = mpsc::channel(16);
     // ONVIF: a camera answering Probes in a network namespace.
-    let ns = Netns::create();
+    let ns = Netns::create("ewh", 150);
     let camera = Camera::start(&ns, &format!("urn:uuid:5f1c0e7a-0000-4000-8000-{run:012}"));
     let onvif = OnvifConfig {
         interfaces: vec![ns.host_if.clone()],

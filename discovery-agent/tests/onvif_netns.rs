@@ -5,111 +5,17 @@
 mod common;
 
 use std::io::{Read as _, Write as _};
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream, UdpSocket};
-use std::process::Command;
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::Running;
+use common::netns::Netns;
 use edgewasm_discovery_agent::config::OnvifConfig;
 use edgewasm_discovery_agent::onvif::OnvifHandler;
 use edgewasm_discovery_agent::wsdiscovery::{self, Body};
 use edgewasm_discovery_agent::{DeviceEvent, metrics};
-
-fn ip(args: &[&str]) {
-    let out = Command::new("ip")
-        .args(args)
-        .output()
-        .expect("running `ip` (iproute2 must be installed; the test needs root)");
-    assert!(
-        out.status.success(),
-        "ip {}: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// A network namespace with a veth pair; removed on drop, even when the test fails.
-struct Netns {
-    name: String,
-    host_if: String,
-    host_addr: Ipv4Addr,
-    camera_addr: Ipv4Addr,
-}
-
-impl Netns {
-    fn create() -> Self {
-        let pid = std::process::id();
-        let subnet = 100 + (pid % 100) as u8;
-        let ns = Self {
-            name: format!("ewagent-{pid}"),
-            host_if: format!("ewah{pid}"),
-            host_addr: Ipv4Addr::new(169, 254, subnet, 1),
-            camera_addr: Ipv4Addr::new(169, 254, subnet, 2),
-        };
-        let peer = format!("ewac{pid}");
-        ip(&["netns", "add", &ns.name]);
-        ip(&[
-            "link",
-            "add",
-            &ns.host_if,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            &peer,
-        ]);
-        ip(&["link", "set", &peer, "netns", &ns.name]);
-        ip(&[
-            "addr",
-            "add",
-            &format!("{}/24", ns.host_addr),
-            "dev",
-            &ns.host_if,
-        ]);
-        ip(&["link", "set", &ns.host_if, "up"]);
-        ip(&[
-            "-n",
-            &ns.name,
-            "addr",
-            "add",
-            &format!("{}/24", ns.camera_addr),
-            "dev",
-            &peer,
-        ]);
-        ip(&["-n", &ns.name, "link", "set", &peer, "up"]);
-        ip(&["-n", &ns.name, "link", "set", "lo", "up"]);
-        ns
-    }
-
-    /// A socket created inside the namespace (setns affects only the calling thread).
-    fn socket<T: Send + 'static>(
-        &self,
-        f: impl FnOnce() -> std::io::Result<T> + Send + 'static,
-    ) -> T {
-        let path = format!("/run/netns/{}", self.name);
-        std::thread::spawn(move || {
-            let ns = std::fs::File::open(&path).expect("opening the namespace");
-            nix::sched::setns(ns, nix::sched::CloneFlags::CLONE_NEWNET)
-                .expect("entering the namespace");
-            f().expect("camera socket")
-        })
-        .join()
-        .unwrap()
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["link", "del", &self.host_if])
-            .output();
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .output();
-    }
-}
 
 /// The simulated camera: answers Probes for the identities it currently has, on its own thread.
 struct Camera {
@@ -152,16 +58,7 @@ fn envelope(action: &str, relates_to: Option<&str>, body: &str) -> String {
 impl Camera {
     fn start(ns: &Netns, ids: &[&str]) -> Self {
         let addr = ns.camera_addr;
-        let socket: UdpSocket = ns.socket(move || {
-            use socket2::{Domain, Protocol, Socket, Type};
-            let s = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP))?;
-            s.set_reuse_address(true)?;
-            s.bind(&SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, wsdiscovery::PORT).into())?;
-            s.join_multicast_v4(&wsdiscovery::MULTICAST_ADDR, &addr)?;
-            s.set_multicast_if_v4(&addr)?;
-            s.set_read_timeout(Some(Duration::from_millis(100)))?;
-            Ok(s.into())
-        });
+        let socket = ns.wsdiscovery_socket();
         let answering = Arc::new(Mutex::new(
             ids.iter().map(|s| (*s).to_string()).collect::<Vec<_>>(),
         ));
@@ -397,7 +294,7 @@ async fn camera_in_a_network_namespace() {
         .with_env_filter("edgewasm_discovery_agent=debug")
         .with_test_writer()
         .try_init();
-    let ns = Netns::create();
+    let ns = Netns::create("ewa", 100);
     let camera = Camera::start(&ns, &[CAM1]);
     let service = DeviceService::start(&ns);
     let secrets = tempfile::tempdir().unwrap();

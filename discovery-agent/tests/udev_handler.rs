@@ -2,77 +2,15 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
-
 use common::Running;
-use edgewasm_discovery_agent::config::UdevConfig;
+use common::sysfs::FakeSys;
 use edgewasm_discovery_agent::udev::{UdevHandler, encode_kernel_uevent, encode_udev_uevent};
 use edgewasm_discovery_agent::{DeviceEvent, metrics};
 use tokio::sync::mpsc;
 
-const USB: &str = "/devices/pci0000:00/0000:00:14.0/usb1/1-2";
-const VIDEO0: &str = "/devices/pci0000:00/0000:00:14.0/usb1/1-2/1-2:1.0/video4linux/video0";
-
-/// A fake sysfs tree with one USB webcam.
-struct FakeSys {
-    dir: tempfile::TempDir,
-}
-
-impl FakeSys {
-    fn new() -> Self {
-        let s = Self {
-            dir: tempfile::tempdir().unwrap(),
-        };
-        s.attrs(
-            USB,
-            &[
-                ("idVendor", "046d\n"),
-                ("idProduct", "0825\n"),
-                ("serial", "CAFE01\n"),
-                ("product", "Webcam C270\n"),
-            ],
-        );
-        s.device("video4linux", VIDEO0, "MAJOR=81\nMINOR=0\nDEVNAME=video0\n");
-        std::fs::create_dir_all(s.dev()).unwrap();
-        s
-    }
-    fn sys(&self) -> PathBuf {
-        self.dir.path().join("sys")
-    }
-    fn dev(&self) -> PathBuf {
-        self.dir.path().join("dev")
-    }
-    fn attrs(&self, devpath: &str, attrs: &[(&str, &str)]) {
-        let d = self.sys().join(devpath.trim_start_matches('/'));
-        std::fs::create_dir_all(&d).unwrap();
-        for (k, v) in attrs {
-            std::fs::write(d.join(k), v).unwrap();
-        }
-    }
-    /// A device directory with a uevent file and its class link, as the kernel lays them out.
-    fn device(&self, class: &str, devpath: &str, uevent: &str) {
-        self.attrs(devpath, &[("uevent", uevent)]);
-        let class_dir = self.sys().join("class").join(class);
-        std::fs::create_dir_all(&class_dir).unwrap();
-        let name = Path::new(devpath).file_name().unwrap();
-        std::os::unix::fs::symlink(
-            self.sys().join(devpath.trim_start_matches('/')),
-            class_dir.join(name),
-        )
-        .unwrap();
-    }
-    fn config(&self) -> UdevConfig {
-        UdevConfig {
-            sysfs_root: self.sys(),
-            dev_root: self.dev(),
-            ..UdevConfig::default()
-        }
-    }
-}
-
 #[tokio::test]
 async fn scan_then_add_change_remove_and_burst() {
-    let sys = FakeSys::new();
+    let sys = FakeSys::webcam("video0");
     let (feed, rx) = mpsc::channel(2048);
     let mut h = Running::start(Box::new(UdevHandler::with_feed(sys.config(), rx)));
 
@@ -82,7 +20,7 @@ async fn scan_then_add_change_remove_and_burst() {
     assert_eq!(handler, "udev");
     assert_eq!(devices.len(), 1, "{devices:#?}");
     let cam = &devices[0];
-    assert_eq!(cam.identity, VIDEO0);
+    assert_eq!(cam.identity, sys.video);
     assert_eq!(
         cam.properties["devnode"],
         sys.dev().join("video0").display().to_string()
@@ -90,7 +28,7 @@ async fn scan_then_add_change_remove_and_burst() {
     assert_eq!(
         cam.properties["syspath"],
         sys.sys()
-            .join(VIDEO0.trim_start_matches('/'))
+            .join(sys.video.trim_start_matches('/'))
             .display()
             .to_string()
     );
@@ -244,7 +182,7 @@ async fn scan_then_add_change_remove_and_burst() {
 
 #[tokio::test]
 async fn filters_on_vendor_and_properties() {
-    let sys = FakeSys::new();
+    let sys = FakeSys::webcam("video0");
     let mut cfg = sys.config();
     cfg.vendor_ids = vec!["0403".into()];
     let (feed, rx) = mpsc::channel(16);
@@ -288,7 +226,7 @@ async fn filters_on_vendor_and_properties() {
 
 #[tokio::test]
 async fn vanished_entries_do_not_break_the_scan() {
-    let sys = FakeSys::new();
+    let sys = FakeSys::webcam("video0");
     // A class link whose device directory is gone (unplugged mid-scan).
     std::os::unix::fs::symlink(
         sys.sys().join("devices/gone/video1"),

@@ -1,6 +1,9 @@
 //! Helpers shared by the integration tests.
 #![allow(dead_code)]
 
+pub mod netns;
+pub mod sysfs;
+
 use std::time::Duration;
 
 use edgewasm_discovery_agent::{DeviceEvent, Handler};
