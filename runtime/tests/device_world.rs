@@ -3,54 +3,22 @@
 //! sensor-logger binary reading a fake IIO tree and a pty acting as a serial sensor; wasi:config and
 //! wasi:keyvalue round trips (the store survives a restart); and an ungranted device as an error value.
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::sync::{Arc, OnceLock};
+use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use edgewasm_api::{Access, GrantedDevice, NetworkGrant, PathGrant, Protocol};
 use edgewasm_runtime::{
-    Credentials, ExitReason, ExitStatus, Grants, Host, HostConfig, InstanceSpec, Stdio, WorldSpec,
+    Credentials, ExitReason, ExitStatus, Grants, InstanceSpec, Stdio, WorldSpec,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-/// The example components, built once (cargo keeps them up to date across runs).
-fn examples() -> &'static Path {
-    static DIR: OnceLock<PathBuf> = OnceLock::new();
-    DIR.get_or_init(|| {
-        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/components");
-        let status = std::process::Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-            .args(["build", "--release", "--target", "wasm32-wasip2", "--manifest-path"])
-            .arg(root.join("Cargo.toml"))
-            .arg("--target-dir")
-            .arg(root.join("target"))
-            .env_remove("CARGO_TARGET_DIR")
-            .env_remove("RUSTFLAGS")
-            .env_remove("CARGO_ENCODED_RUSTFLAGS")
-            .env_remove("CARGO_BUILD_TARGET")
-            .status()
-            .expect("run cargo to build the example components");
-        assert!(status.success(), "building examples/components failed (is the wasm32-wasip2 target installed? run `make deps`)");
-        root.join("target/wasm32-wasip2/release")
-    })
-}
-
-fn example(name: &str) -> PathBuf {
-    examples().join(format!("{name}.wasm"))
-}
-
-fn host() -> Arc<Host> {
-    static HOST: OnceLock<Arc<Host>> = OnceLock::new();
-    Arc::clone(HOST.get_or_init(|| {
-        Host::new(HostConfig {
-            cache_dir: Some(Path::new(env!("CARGO_TARGET_TMPDIR")).join("edgewasm-code-cache")),
-            ..HostConfig::default()
-        })
-        .expect("host")
-    }))
-}
+use common::{Netns, example, host};
 
 /// What one run printed, and how it ended.
 struct Outcome {
@@ -144,44 +112,6 @@ fn jpeg(width: u16, height: u16) -> Vec<u8> {
     v.extend(width.to_be_bytes());
     v.extend([0x01, 0x01, 0x11, 0x00, 0xFF, 0xD9]);
     v
-}
-
-/// A network namespace with its loopback up, deleted on drop.
-struct Netns {
-    name: String,
-}
-
-impl Netns {
-    fn create() -> Self {
-        assert!(
-            nix::unistd::geteuid().is_root(),
-            "the ONVIF camera test runs the camera in a network namespace: it needs root (CI runs as root)"
-        );
-        let name = format!("ewdev-{}", std::process::id());
-        let ip = |args: &[&str]| {
-            let status = std::process::Command::new("ip")
-                .args(args)
-                .status()
-                .expect("run `ip` (iproute2)");
-            assert!(status.success(), "ip {args:?} failed");
-        };
-        ip(&["netns", "add", &name]);
-        let ns = Self { name };
-        ip(&["-n", &ns.name, "link", "set", "lo", "up"]);
-        ns
-    }
-
-    fn path(&self) -> PathBuf {
-        Path::new("/var/run/netns").join(&self.name)
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("ip")
-            .args(["netns", "delete", &self.name])
-            .status();
-    }
 }
 
 /// A simulated ONVIF camera: serves `GET /onvif/snapshot` as a JPEG to `user:secret` (HTTP Basic), on the
@@ -339,7 +269,7 @@ impl Drop for OnvifCamera {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_camera_binary_captures_from_onvif_and_from_a_video_node() {
     // (a) An ONVIF camera in its own network namespace, reached through its snapshot URI.
-    let ns = Netns::create();
+    let ns = Netns::create("ewdev");
     let camera = OnvifCamera::start(&ns, jpeg(640, 480));
     let onvif = Grants {
         device: Some(device(

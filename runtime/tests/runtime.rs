@@ -2,8 +2,9 @@
 //! and a network namespace. One test binary (linking wasmtime is slow); the example components are built
 //! once per run by cargo (a no-op when up to date).
 
-use std::path::{Path, PathBuf};
-use std::sync::{Arc, OnceLock};
+mod common;
+
+use std::path::Path;
 use std::time::Duration;
 
 use edgewasm_api::{Access, NetworkGrant, PathGrant, Protocol};
@@ -13,43 +14,7 @@ use edgewasm_runtime::{
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-/// The example components, built once (cargo keeps them up to date across runs).
-fn examples() -> &'static Path {
-    static DIR: OnceLock<PathBuf> = OnceLock::new();
-    DIR.get_or_init(|| {
-        let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/components/Cargo.toml");
-        let target_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/components/target");
-        let status = std::process::Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-            .args(["build", "--release", "--target", "wasm32-wasip2", "--manifest-path"])
-            .arg(&manifest)
-            .arg("--target-dir")
-            .arg(&target_dir)
-            .env_remove("CARGO_TARGET_DIR")
-            .env_remove("RUSTFLAGS")
-            .env_remove("CARGO_ENCODED_RUSTFLAGS")
-            .env_remove("CARGO_BUILD_TARGET")
-            .status()
-            .expect("run cargo to build the example components");
-        assert!(status.success(), "building examples/components failed (is the wasm32-wasip2 target installed? run `make deps`)");
-        target_dir.join("wasm32-wasip2/release")
-    })
-}
-
-fn example(name: &str) -> PathBuf {
-    examples().join(format!("{name}.wasm"))
-}
-
-/// One host per test binary, with a code cache shared across runs.
-fn host() -> Arc<Host> {
-    static HOST: OnceLock<Arc<Host>> = OnceLock::new();
-    Arc::clone(HOST.get_or_init(|| {
-        Host::new(HostConfig {
-            cache_dir: Some(Path::new(env!("CARGO_TARGET_TMPDIR")).join("edgewasm-code-cache")),
-            ..HostConfig::default()
-        })
-        .expect("host")
-    }))
-}
+use common::{Netns, example, host};
 
 fn wat(text: &str) -> Vec<u8> {
     wat::parse_str(text).expect("valid wat")
@@ -676,60 +641,9 @@ async fn many_instances_share_one_program() {
     }
 }
 
-/// A network namespace for one test, deleted on drop.
-struct Netns {
-    name: String,
-}
-
-impl Netns {
-    fn create() -> Self {
-        assert!(
-            nix::unistd::geteuid().is_root(),
-            "the network namespace test needs root (CI runs as root)"
-        );
-        let name = format!("ewrt-{}", std::process::id());
-        let ip = |args: &[&str]| {
-            let status = std::process::Command::new("ip")
-                .args(args)
-                .status()
-                .expect("run `ip` (iproute2)");
-            assert!(status.success(), "ip {args:?} failed");
-        };
-        ip(&["netns", "add", &name]);
-        let ns = Self { name };
-        ip(&["-n", &ns.name, "link", "set", "lo", "up"]);
-        ns
-    }
-
-    fn path(&self) -> PathBuf {
-        Path::new("/var/run/netns").join(&self.name)
-    }
-
-    /// Connects to `addr` from inside the namespace (on a thread that entered it).
-    fn connect_inside(&self, addr: std::net::SocketAddr) -> std::io::Result<std::net::TcpStream> {
-        let path = self.path();
-        std::thread::spawn(move || {
-            let f = std::fs::File::open(path)?;
-            nix::sched::setns(f, nix::sched::CloneFlags::CLONE_NEWNET)
-                .map_err(std::io::Error::from)?;
-            std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5))
-        })
-        .join()
-        .unwrap()
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("ip")
-            .args(["netns", "delete", &self.name])
-            .status();
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn instances_network_inside_their_namespace() {
-    let ns = Netns::create();
+    let ns = Netns::create("ewrt");
 
     // The HTTP listener lives in the namespace: reachable from inside, not from the host's loopback.
     let dir = tempfile::tempdir().unwrap();
