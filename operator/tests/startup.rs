@@ -21,7 +21,7 @@ const TIMEOUT: Duration = Duration::from_secs(20);
 const WORKLOADS: usize = 4;
 
 /// Stops the operator task when the test ends, however it ends.
-struct Operator(tokio::task::JoinHandle<()>);
+struct Operator(tokio::task::JoinHandle<()>, Arc<Metrics>);
 
 impl Drop for Operator {
     fn drop(&mut self) {
@@ -31,11 +31,25 @@ impl Drop for Operator {
 
 fn start_operator(client: Client) -> Operator {
     let metrics = Arc::new(Metrics::default());
-    Operator(tokio::spawn(async move {
-        if let Err(e) = edgewasm_operator::run(client, Config::default(), metrics).await {
-            panic!("operator stopped: {e:#}");
-        }
-    }))
+    let running = metrics.clone();
+    Operator(
+        tokio::spawn(async move {
+            if let Err(e) = edgewasm_operator::run(client, Config::default(), running).await {
+                panic!("operator stopped: {e:#}");
+            }
+        }),
+        metrics,
+    )
+}
+
+impl Operator {
+    /// Its caches synced, so /readyz answers ready.
+    async fn wait_ready(&self) -> Result<()> {
+        eventually("the operator reports ready", TIMEOUT, || async {
+            Ok(self.1.is_ready())
+        })
+        .await
+    }
 }
 
 fn device(name: &str, handler: &str) -> Device {
@@ -146,7 +160,7 @@ impl Variant {
         if missing.is_empty() {
             Ok(())
         } else {
-            anyhow::bail!("not reconciled: {}", missing.join(", "))
+            anyhow::bail!("not reconciled in {}: {}", self.ns, missing.join(", "))
         }
     }
 
@@ -207,6 +221,7 @@ async fn workloads_applied_while_the_operator_starts_are_all_reconciled() -> Res
     create_workloads(&after.workloads, after.ns).await?;
     after.wait_all_reconciled().await?;
     after.clean_up().await?;
+    operator.wait_ready().await?;
     drop(operator);
 
     // Created just before the operator starts: some land before its initial list, some while
@@ -222,6 +237,7 @@ async fn workloads_applied_while_the_operator_starts_are_all_reconciled() -> Res
     creating.await??;
     before.wait_all_reconciled().await?;
     before.clean_up().await?;
+    operator.wait_ready().await?;
     drop(operator);
     Ok(())
 }
