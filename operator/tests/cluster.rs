@@ -28,7 +28,7 @@ const GRACE: Duration = Duration::from_secs(2);
 const TIMEOUT: Duration = Duration::from_mins(1);
 
 /// Stops the operator task when the test ends, however it ends.
-struct Operator(tokio::task::JoinHandle<()>, Arc<Metrics>);
+struct Operator(tokio::task::JoinHandle<()>);
 
 impl Drop for Operator {
     fn drop(&mut self) {
@@ -42,15 +42,11 @@ fn start_operator(client: Client) -> Operator {
         ..Config::default()
     };
     let metrics = Arc::new(Metrics::default());
-    let running = metrics.clone();
-    Operator(
-        tokio::spawn(async move {
-            if let Err(e) = edgewasm_operator::run(client, config, running).await {
-                panic!("operator stopped: {e:#}");
-            }
-        }),
-        metrics,
-    )
+    Operator(tokio::spawn(async move {
+        if let Err(e) = edgewasm_operator::run(client, config, metrics).await {
+            panic!("operator stopped: {e:#}");
+        }
+    }))
 }
 
 fn device(name: &str) -> Device {
@@ -211,14 +207,9 @@ async fn competing_workloads_get_what_the_plan_says_and_absent_devices_are_relea
             .create(&PostParams::default(), &device(name))
             .await?;
     }
-    let operator = start_operator(client.clone());
-    // Users create workloads against an operator that is up; /readyz says when it is.
-    let metrics = operator.1.clone();
-    eventually("the operator is ready", TIMEOUT, || {
-        let metrics = metrics.clone();
-        async move { Ok(metrics.is_ready()) }
-    })
-    .await?;
+    // No wait for readiness: GitOps applies workloads while the operator rolls out
+    // (tests/startup.rs covers that race on its own).
+    let _operator = start_operator(client.clone());
     workloads
         .create(&PostParams::default(), &workload("winner", 10))
         .await?;
