@@ -11,48 +11,10 @@
 use std::io::Read;
 use std::time::{Duration, Instant};
 
-wit_bindgen::generate!({
-    path: "../../../wit/edgewasm-device",
-    world: "edgewasm:device/imports",
-    generate_all,
-});
-
-use edgewasm::device::camera::{self, PixelFormat};
-use edgewasm::device::types::DeviceError;
-use wasi::config::store as config;
-use wasi::keyvalue::{atomics, store as keyvalue};
-
-/// `s` as a JSON string literal.
-fn json(s: &str) -> String {
-    let mut out = String::with_capacity(s.len() + 2);
-    out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            c if u32::from(c) < 0x20 => out.push_str(&format!("\\u{:04x}", u32::from(c))),
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-    out
-}
-
-fn env_num(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-/// A setting from wasi:config, else the environment.
-fn setting(key: &str, env: &str, default: u64) -> u64 {
-    config::get(key)
-        .ok()
-        .flatten()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| env_num(env, default))
-}
+use edgewasm_guest::edgewasm::device::camera::{self, PixelFormat};
+use edgewasm_guest::edgewasm::device::types::DeviceError;
+use edgewasm_guest::wasi::keyvalue::{atomics, store as keyvalue};
+use edgewasm_guest::{env_or, error_text, json, setting};
 
 /// FNV-1a: a cheap fingerprint so consecutive frames can be told apart in the output.
 fn checksum(data: &[u8]) -> u64 {
@@ -72,24 +34,14 @@ fn format_name(format: &PixelFormat) -> String {
     }
 }
 
-fn error_text(e: &DeviceError) -> String {
-    match e {
-        DeviceError::NotGranted(m) => format!("not granted: {m}"),
-        DeviceError::Unsupported(m) => format!("unsupported: {m}"),
-        DeviceError::Unavailable(m) => format!("unavailable: {m}"),
-        DeviceError::AccessDenied(m) => format!("access denied: {m}"),
-        DeviceError::Io(m) => format!("I/O error: {m}"),
-    }
-}
-
 /// Counts captures across restarts; `None` when the host offers no store.
 fn count_capture(bucket: Option<&keyvalue::Bucket>) -> Option<u64> {
     atomics::increment(bucket?, "captures", 1).ok()
 }
 
 fn main() {
-    let samples = setting("samples", "SAMPLES", 3);
-    let interval = Duration::from_millis(env_num("INTERVAL_MS", 0));
+    let samples: u64 = setting("samples", "SAMPLES", 3);
+    let interval = Duration::from_millis(env_or("INTERVAL_MS", 0));
     let info = match camera::describe() {
         Ok(info) => info,
         Err(DeviceError::NotGranted(why)) => {
@@ -146,7 +98,7 @@ fn main() {
 
 /// Reads raw frames from a device file, for hosts that grant a path but no camera.
 fn sample_file(device: &str, samples: u64, interval: Duration) {
-    let frame_bytes = env_num("FRAME_BYTES", 4096) as usize;
+    let frame_bytes = env_or("FRAME_BYTES", 4096);
     let mut file = match std::fs::File::open(device) {
         Ok(f) => f,
         Err(e) => {

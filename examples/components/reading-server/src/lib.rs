@@ -41,16 +41,26 @@ impl wasip2::exports::http::incoming_handler::Guest for ReadingServer {
     fn handle(request: IncomingRequest, out: ResponseOutparam) {
         let path = request.path_with_query().unwrap_or_default();
         if !matches!(request.method(), Method::Get | Method::Head) {
-            return respond(out, 405, "application/json", b"{\"error\":\"method not allowed\"}\n");
+            return respond(
+                out,
+                405,
+                "application/json",
+                b"{\"error\":\"method not allowed\"}\n",
+            );
         }
         if path == "/healthz" {
             return respond(out, 200, "text/plain", b"ok\n");
         }
-        let file = std::env::var("READING_PATH")
-            .unwrap_or_else(|_| "/data/last-reading.json".to_string());
+        let file =
+            std::env::var("READING_PATH").unwrap_or_else(|_| "/data/last-reading.json".to_string());
         match std::fs::read(&file) {
             Ok(body) if !body.is_empty() => respond(out, 200, "application/json", &body),
-            Ok(_) => respond(out, 404, "application/json", b"{\"error\":\"no reading yet\"}\n"),
+            Ok(_) => respond(
+                out,
+                404,
+                "application/json",
+                b"{\"error\":\"no reading yet\"}\n",
+            ),
             Err(e) => {
                 let msg = format!(
                     "{{\"error\":\"no reading yet\",\"detail\":\"{}\"}}\n",

@@ -10,53 +10,14 @@
 use std::io::BufRead;
 use std::time::Duration;
 
-wit_bindgen::generate!({
-    path: "../../../wit/edgewasm-device",
-    world: "edgewasm:device/imports",
-    generate_all,
-});
-
-use edgewasm::device::sensor::{self, Reading};
-use edgewasm::device::types::DeviceError;
-use wasi::config::store as config;
-
-/// `s` as a JSON string literal.
-fn json(s: &str) -> String {
-    let mut out = String::with_capacity(s.len() + 2);
-    out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            c if u32::from(c) < 0x20 => out.push_str(&format!("\\u{:04x}", u32::from(c))),
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-    out
-}
-
-fn env_num(name: &str, default: f64) -> f64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
+use edgewasm_guest::edgewasm::device::sensor::{self, Reading};
+use edgewasm_guest::wasi::config::store as config;
+use edgewasm_guest::{env_or, error_text, json, setting};
 
 fn read_line(path: &str) -> std::io::Result<String> {
     let mut line = String::new();
     std::io::BufReader::new(std::fs::File::open(path)?).read_line(&mut line)?;
     Ok(line.trim().to_string())
-}
-
-fn error_text(e: &DeviceError) -> String {
-    match e {
-        DeviceError::NotGranted(m) => format!("not granted: {m}"),
-        DeviceError::Unsupported(m) => format!("unsupported: {m}"),
-        DeviceError::Unavailable(m) => format!("unavailable: {m}"),
-        DeviceError::AccessDenied(m) => format!("access denied: {m}"),
-        DeviceError::Io(m) => format!("I/O error: {m}"),
-    }
 }
 
 /// A JSON number (`null` for NaN and infinities, which JSON cannot hold).
@@ -103,7 +64,7 @@ impl Source {
             (Ok(first), _) => Source::Sensor { name, first },
             (Err(_), Some(path)) => Source::File {
                 path,
-                scale: env_num("SCALE", 1.0),
+                scale: env_or("SCALE", 1.0),
             },
             (Err(e), None) => {
                 eprintln!("sensor-logger: no sensor: {}", error_text(&e));
@@ -146,12 +107,8 @@ impl Source {
 }
 
 fn main() {
-    let samples = config::get("samples")
-        .ok()
-        .flatten()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| env_num("SAMPLES", 3.0) as u64);
-    let interval = Duration::from_millis(env_num("INTERVAL_MS", 0.0) as u64);
+    let samples: u64 = setting("samples", "SAMPLES", 3);
+    let interval = Duration::from_millis(env_or("INTERVAL_MS", 0));
     let last = std::env::var("LAST_READING_PATH").ok();
     let mut source = Source::pick();
 
@@ -165,10 +122,10 @@ fn main() {
             }
         };
         println!("{line}");
-        if let Some(last) = &last {
-            if let Err(e) = std::fs::write(last, format!("{line}\n")) {
-                eprintln!("sensor-logger: writing {last}: {e}");
-            }
+        if let Some(last) = &last
+            && let Err(e) = std::fs::write(last, format!("{line}\n"))
+        {
+            eprintln!("sensor-logger: writing {last}: {e}");
         }
         i += 1;
         if !interval.is_zero() {
