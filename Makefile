@@ -28,9 +28,11 @@ run: deps examples
 
 fmt-check:
 	$(CARGO) fmt --all -- --check
+	$(CARGO) fmt --manifest-path $(EXAMPLES_MANIFEST) --all -- --check
 
-clippy:
+clippy: examples
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	$(CARGO) clippy --release --target wasm32-wasip2 --manifest-path $(EXAMPLES_MANIFEST) -- -D warnings
 
 # The end-to-end tests run the agent, operator and shim binaries, so they are built first.
 test-rust: examples
