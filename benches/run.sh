@@ -11,6 +11,8 @@
 #
 # Needs root (a private containerd, a veth pair) and what `make deps` installs.
 set -uo pipefail
+# Each step stops what it started on SIGINT/SIGTERM and fails; then stop here rather than run the next.
+trap 'echo "interrupted" >&2; exit 130' INT TERM
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$root"
@@ -32,7 +34,9 @@ want() { [[ -z ${BENCH_ONLY:-} || $1 == *"$BENCH_ONLY"* ]]; }
 if [[ -z ${BENCH_NO_BUILD:-} ]]; then
 	step "building (release)"
 	set -e
-	$CARGO build --release --target wasm32-wasip2 --manifest-path examples/components/Cargo.toml
+	# The examples' own target folder (where `make examples` puts them), whatever CARGO_TARGET_DIR says.
+	$CARGO build --release --target wasm32-wasip2 --manifest-path examples/components/Cargo.toml \
+		--target-dir "$root/examples/components/target"
 	$CARGO build --release --target wasm32-wasip2 --manifest-path benches/hello/Cargo.toml \
 		--target-dir "$target/bench-hello"
 	$CARGO build --release -p containerd-shim-edgewasm -p edgewasm-discovery-agent \
