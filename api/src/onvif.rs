@@ -42,6 +42,64 @@ pub fn envelope(namespaces: &str, header: &str, body: &str) -> String {
     )
 }
 
+/// The SOAP action of GetSystemDateAndTime. Cameras answer it without credentials; clients sign with
+/// the camera's clock, because cameras at the edge often run without NTP and refuse a digest whose
+/// `Created` is far from their own time.
+pub const GET_SYSTEM_DATE_AND_TIME_ACTION: &str =
+    "http://www.onvif.org/ver10/device/wsdl/GetSystemDateAndTime";
+/// The body of GetSystemDateAndTime.
+pub const GET_SYSTEM_DATE_AND_TIME: &str =
+    r#"<GetSystemDateAndTime xmlns="http://www.onvif.org/ver10/device/wsdl"/>"#;
+
+/// The camera's clock (UTC, seconds since the epoch) from a GetSystemDateAndTime answer.
+pub fn camera_utc(answer: &str) -> Option<i64> {
+    let start = answer.find("UTCDateTime>")?;
+    let section = &answer[start..];
+    let section = &section[..section[1..]
+        .find("UTCDateTime>")
+        .map_or(section.len(), |e| e + 1)];
+    let num = |name: &str| element_text(section, name)?.trim().parse::<i64>().ok();
+    let date = jiff::civil::Date::new(
+        i16::try_from(num("Year")?).ok()?,
+        i8::try_from(num("Month")?).ok()?,
+        i8::try_from(num("Day")?).ok()?,
+    )
+    .ok()?;
+    let time = jiff::civil::Time::new(
+        i8::try_from(num("Hour")?).ok()?,
+        i8::try_from(num("Minute")?).ok()?,
+        i8::try_from(num("Second")?).ok()?,
+        0,
+    )
+    .ok()?;
+    let at = date
+        .to_datetime(time)
+        .to_zoned(jiff::tz::TimeZone::UTC)
+        .ok()?;
+    Some(at.timestamp().as_second())
+}
+
+/// `Created` for a UsernameToken: `unix_secs` as `YYYY-MM-DDThh:mm:ssZ`.
+pub fn created(unix_secs: i64) -> String {
+    jiff::Timestamp::from_second(unix_secs)
+        .unwrap_or(jiff::Timestamp::UNIX_EPOCH)
+        .strftime("%Y-%m-%dT%H:%M:%SZ")
+        .to_string()
+}
+
+/// The text of the first element with this local name (`<tt:Year>2026</tt:Year>` for `Year`).
+fn element_text<'a>(xml: &'a str, name: &str) -> Option<&'a str> {
+    xml.match_indices('<').find_map(|(i, _)| {
+        let tag = &xml[i + 1..];
+        let end = tag.find(['>', ' ', '/'])?;
+        if tag[..end].rsplit(':').next()? != name {
+            return None;
+        }
+        let text = &tag[tag.find('>')? + 1..];
+        Some(&text[..text.find('<')?])
+    })
+}
+
 /// Escapes text for an XML element or attribute value.
 pub fn escape(s: &str) -> String {
     s.replace('&', "&amp;")
@@ -65,6 +123,21 @@ mod tests {
             password_digest(&nonce, "2010-09-16T07:50:45Z", "userpassword"),
             "tuOSpGlFlIXsozq4HFNeeGeFLEI="
         );
+    }
+
+    #[test]
+    fn the_cameras_clock_is_read_from_its_utc_date_and_time() {
+        let answer = r#"<env:Envelope xmlns:env="http://www.w3.org/2003/05/soap-envelope" xmlns:tds="http://www.onvif.org/ver10/device/wsdl" xmlns:tt="http://www.onvif.org/ver10/schema"><env:Body><tds:GetSystemDateAndTimeResponse><tds:SystemDateAndTime><tt:DateTimeType>Manual</tt:DateTimeType><tt:DaylightSavings>false</tt:DaylightSavings><tt:TimeZone><tt:TZ>CET-1</tt:TZ></tt:TimeZone><tt:UTCDateTime><tt:Time><tt:Hour>19</tt:Hour><tt:Minute>13</tt:Minute><tt:Second>12</tt:Second></tt:Time><tt:Date><tt:Year>2026</tt:Year><tt:Month>11</tt:Month><tt:Day>26</tt:Day></tt:Date></tt:UTCDateTime><tt:LocalDateTime><tt:Time><tt:Hour>20</tt:Hour><tt:Minute>13</tt:Minute><tt:Second>12</tt:Second></tt:Time><tt:Date><tt:Year>2026</tt:Year><tt:Month>11</tt:Month><tt:Day>26</tt:Day></tt:Date></tt:LocalDateTime></tds:SystemDateAndTime></tds:GetSystemDateAndTimeResponse></env:Body></env:Envelope>"#;
+        assert_eq!(camera_utc(answer), Some(1_795_720_392));
+        assert_eq!(created(1_795_720_392), "2026-11-26T19:13:12Z");
+        assert_eq!(created(0), "1970-01-01T00:00:00Z");
+        // Only local time, out-of-range fields or garbage: no clock.
+        assert_eq!(camera_utc(&answer.replace("UTCDateTime", "Other")), None);
+        assert_eq!(
+            camera_utc(&answer.replacen("<tt:Month>11</tt:Month>", "<tt:Month>13</tt:Month>", 1)),
+            None
+        );
+        assert_eq!(camera_utc("not xml"), None);
     }
 
     #[test]

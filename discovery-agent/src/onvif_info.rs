@@ -261,20 +261,76 @@ impl DeviceInfoClient {
             .map_err(|e| InfoError::Credentials(format!("{e:#}")))
     }
 
-    /// GetDeviceInformation at `xaddr`.
+    /// GetDeviceInformation at `xaddr`. With credentials, the token is signed with the camera's own
+    /// clock (GetSystemDateAndTime first), so a camera without NTP still accepts it.
     pub async fn fetch(&self, xaddr: &str) -> Result<BTreeMap<String, String>, InfoError> {
         let credentials = self.credentials()?;
         let nonce = uuid::Uuid::new_v4().into_bytes();
-        let created = jiff::Timestamp::now()
-            .strftime("%Y-%m-%dT%H:%M:%SZ")
-            .to_string();
+        let offset = if credentials.is_some() {
+            self.clock_offset(xaddr).await
+        } else {
+            0
+        };
+        let created = onvif::created(jiff::Timestamp::now().as_second() + offset);
         let body = request(credentials.as_ref(), &nonce, &created);
+        let (status, answer) = self.post(xaddr, ACTION, body).await?;
+        // SOAP 1.2 faults come with 400/500 statuses; the fault says more than the status.
+        match parse_response(&answer) {
+            Ok(props) if status.is_success() => Ok(props),
+            Ok(_) => Err(InfoError::Http(status.as_u16())),
+            Err(InfoError::Malformed(_)) if status == reqwest::StatusCode::UNAUTHORIZED => {
+                Err(InfoError::Unauthorized(format!("HTTP {status}")))
+            }
+            Err(InfoError::Malformed(_)) if !status.is_success() => {
+                Err(InfoError::Http(status.as_u16()))
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Seconds the camera's clock is ahead of ours; 0 when it does not say.
+    async fn clock_offset(&self, xaddr: &str) -> i64 {
+        let body = onvif::envelope("", "", onvif::GET_SYSTEM_DATE_AND_TIME);
+        let camera = match self
+            .post(xaddr, onvif::GET_SYSTEM_DATE_AND_TIME_ACTION, body)
+            .await
+        {
+            Ok((status, answer)) if status.is_success() => {
+                onvif::camera_utc(&String::from_utf8_lossy(&answer))
+            }
+            Ok((status, _)) => {
+                tracing::debug!(xaddr, %status, "GetSystemDateAndTime refused; signing with our clock");
+                None
+            }
+            Err(e) => {
+                tracing::debug!(xaddr, error = %e, "GetSystemDateAndTime failed; signing with our clock");
+                None
+            }
+        };
+        let offset = camera.map_or(0, |t| t - jiff::Timestamp::now().as_second());
+        if offset.abs() > 5 {
+            tracing::info!(
+                xaddr,
+                offset_seconds = offset,
+                "camera clock differs from ours; signing with the camera's time"
+            );
+        }
+        offset
+    }
+
+    /// POSTs one SOAP request; the status and the answer (bounded).
+    async fn post(
+        &self,
+        xaddr: &str,
+        action: &str,
+        body: String,
+    ) -> Result<(reqwest::StatusCode, Vec<u8>), InfoError> {
         let mut response = self
             .http
             .post(xaddr)
             .header(
                 reqwest::header::CONTENT_TYPE,
-                format!(r#"application/soap+xml; charset=utf-8; action="{ACTION}""#),
+                format!(r#"application/soap+xml; charset=utf-8; action="{action}""#),
             )
             .body(body)
             .send()
@@ -292,18 +348,7 @@ impl DeviceInfoClient {
             }
             answer.extend_from_slice(&chunk);
         }
-        // SOAP 1.2 faults come with 400/500 statuses; the fault says more than the status.
-        match parse_response(&answer) {
-            Ok(props) if status.is_success() => Ok(props),
-            Ok(_) => Err(InfoError::Http(status.as_u16())),
-            Err(InfoError::Malformed(_)) if status == reqwest::StatusCode::UNAUTHORIZED => {
-                Err(InfoError::Unauthorized(format!("HTTP {status}")))
-            }
-            Err(InfoError::Malformed(_)) if !status.is_success() => {
-                Err(InfoError::Http(status.as_u16()))
-            }
-            Err(e) => Err(e),
-        }
+        Ok((status, answer))
     }
 }
 

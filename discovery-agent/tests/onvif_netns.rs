@@ -171,7 +171,39 @@ fn element<'a>(xml: &'a str, name: &str) -> Option<&'a str> {
     })
 }
 
-/// Checks the digest the way a camera does: SHA-1 over the decoded nonce, Created and the password.
+/// The simulated cameras' clocks run this far ahead (no NTP at the edge), and they accept a token
+/// only when its Created is within a minute of their own time, as real cameras do.
+const CAMERA_CLOCK_AHEAD: i64 = 3 * 3600;
+const CREATED_TOLERANCE: i64 = 60;
+
+fn camera_now() -> i64 {
+    jiff::Timestamp::now().as_second() + CAMERA_CLOCK_AHEAD
+}
+
+/// The GetSystemDateAndTime answer with the camera's (skewed) clock.
+fn date_and_time_response() -> String {
+    let t = jiff::Timestamp::from_second(camera_now())
+        .unwrap()
+        .to_zoned(jiff::tz::TimeZone::UTC);
+    format!(
+        concat!(
+            r#"<?xml version="1.0" encoding="UTF-8"?><env:Envelope xmlns:env="http://www.w3.org/2003/05/soap-envelope" xmlns:tds="http://www.onvif.org/ver10/device/wsdl" xmlns:tt="http://www.onvif.org/ver10/schema"><env:Body><tds:GetSystemDateAndTimeResponse><tds:SystemDateAndTime>"#,
+            "<tt:DateTimeType>Manual</tt:DateTimeType><tt:DaylightSavings>false</tt:DaylightSavings><tt:UTCDateTime>",
+            "<tt:Time><tt:Hour>{}</tt:Hour><tt:Minute>{}</tt:Minute><tt:Second>{}</tt:Second></tt:Time>",
+            "<tt:Date><tt:Year>{}</tt:Year><tt:Month>{}</tt:Month><tt:Day>{}</tt:Day></tt:Date>",
+            "</tt:UTCDateTime></tds:SystemDateAndTime></tds:GetSystemDateAndTimeResponse></env:Body></env:Envelope>"
+        ),
+        t.hour(),
+        t.minute(),
+        t.second(),
+        t.year(),
+        t.month(),
+        t.day()
+    )
+}
+
+/// Checks the digest the way a camera does: SHA-1 over the decoded nonce, Created and the password,
+/// with Created close to the camera's clock.
 fn digest_ok(request: &str, password: &str) -> bool {
     use base64::Engine as _;
     use sha1::Digest as _;
@@ -191,7 +223,13 @@ fn digest_ok(request: &str, password: &str) -> bool {
     h.update(&nonce);
     h.update(created.as_bytes());
     h.update(password.as_bytes());
-    user == USER && request.contains("#PasswordDigest") && b64.encode(h.finalize()) == digest
+    let fresh = created
+        .parse::<jiff::Timestamp>()
+        .is_ok_and(|t| (t.as_second() - camera_now()).abs() <= CREATED_TOLERANCE);
+    user == USER
+        && request.contains("#PasswordDigest")
+        && b64.encode(h.finalize()) == digest
+        && fresh
 }
 
 const INFO_RESPONSE: &str = r#"<?xml version="1.0" encoding="UTF-8"?><env:Envelope xmlns:env="http://www.w3.org/2003/05/soap-envelope" xmlns:tds="http://www.onvif.org/ver10/device/wsdl"><env:Body><tds:GetDeviceInformationResponse><tds:Manufacturer>SimVendor</tds:Manufacturer><tds:Model>SimCam-1000</tds:Model><tds:FirmwareVersion>2.4.1</tds:FirmwareVersion><tds:SerialNumber>SN-0001</tds:SerialNumber><tds:HardwareId>HW-77</tds:HardwareId></tds:GetDeviceInformationResponse></env:Body></env:Envelope>"#;
@@ -221,12 +259,17 @@ impl DeviceService {
                     } else {
                         PASSWORD
                     };
-                    let ok = body.contains("GetDeviceInformation") && digest_ok(&body, password);
-                    *(if ok { &accepted } else { &rejected }).lock().unwrap() += 1;
-                    let (status, answer) = if ok {
-                        ("200 OK", INFO_RESPONSE)
+                    let (status, answer) = if body.contains("GetSystemDateAndTime") {
+                        ("200 OK", date_and_time_response())
                     } else {
-                        ("400 Bad Request", NOT_AUTHORIZED)
+                        let ok =
+                            body.contains("GetDeviceInformation") && digest_ok(&body, password);
+                        *(if ok { &accepted } else { &rejected }).lock().unwrap() += 1;
+                        if ok {
+                            ("200 OK", INFO_RESPONSE.to_owned())
+                        } else {
+                            ("400 Bad Request", NOT_AUTHORIZED.to_owned())
+                        }
                     };
                     let _ = write!(
                         conn,

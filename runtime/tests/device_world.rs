@@ -12,7 +12,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use edgewasm_api::{Access, GrantedDevice, NetworkGrant, PathGrant, Protocol};
+use edgewasm_api::{Access, GrantedDevice, NetworkGrant, PathGrant, Protocol, onvif};
 use edgewasm_runtime::{
     Credentials, ExitReason, ExitStatus, Grants, InstanceSpec, Stdio, WorldSpec,
 };
@@ -203,8 +203,13 @@ impl OnvifCamera {
             )
         };
         let authorized = body.contains("<wsse:Username>user</wsse:Username>")
-            && body.contains("#PasswordDigest");
-        let (status, xml) = if !authorized {
+            && body.contains("#PasswordDigest")
+            && created_is_fresh(body);
+        let (status, xml) = if head.starts_with("post /onvif/device_service ")
+            && body.contains("GetSystemDateAndTime")
+        {
+            ("200 OK", envelope(date_and_time(camera_now())))
+        } else if !authorized {
             ("400 Bad Request", envelope("<env:Fault><env:Code><env:Value>env:Sender</env:Value><env:Subcode><env:Value>ter:NotAuthorized</env:Value></env:Subcode></env:Code></env:Fault>".into()))
         } else if head.starts_with("post /onvif/device_service ")
             && body.contains("GetCapabilities")
@@ -253,6 +258,44 @@ impl OnvifCamera {
             r
         }
     }
+}
+
+/// The simulated camera's clock runs this far ahead (no NTP at the edge); it accepts a token only when
+/// its Created is within a minute of that clock, as real cameras do.
+const CAMERA_CLOCK_AHEAD: i64 = 3 * 3600;
+
+fn camera_now() -> i64 {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap();
+    i64::try_from(now.as_secs()).unwrap() + CAMERA_CLOCK_AHEAD
+}
+
+fn created_is_fresh(body: &str) -> bool {
+    let Some(created) = body
+        .split_once("<wsu:Created>")
+        .and_then(|(_, rest)| rest.split_once('<'))
+        .map(|(c, _)| c)
+    else {
+        return false;
+    };
+    let now = camera_now();
+    (now - 60..=now + 60).any(|t| onvif::created(t) == created)
+}
+
+/// A GetSystemDateAndTimeResponse for `unix` seconds, in the schema's UTCDateTime fields.
+fn date_and_time(unix: i64) -> String {
+    // onvif::created gives YYYY-MM-DDThh:mm:ssZ; the fields are its slices (leading zeros are valid).
+    let c = onvif::created(unix);
+    format!(
+        "<tds:GetSystemDateAndTimeResponse><tds:SystemDateAndTime><tt:DateTimeType>Manual</tt:DateTimeType><tt:UTCDateTime><tt:Time><tt:Hour>{}</tt:Hour><tt:Minute>{}</tt:Minute><tt:Second>{}</tt:Second></tt:Time><tt:Date><tt:Year>{}</tt:Year><tt:Month>{}</tt:Month><tt:Day>{}</tt:Day></tt:Date></tt:UTCDateTime></tds:SystemDateAndTime></tds:GetSystemDateAndTimeResponse>",
+        &c[11..13],
+        &c[14..16],
+        &c[17..19],
+        &c[0..4],
+        &c[5..7],
+        &c[8..10],
+    )
 }
 
 impl Drop for OnvifCamera {

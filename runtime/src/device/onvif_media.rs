@@ -49,13 +49,20 @@ async fn resolve(
     credentials: Option<&Credentials>,
     net: &Arc<NetPolicy>,
 ) -> Result<String, DeviceError> {
+    let signer = &Signer {
+        credentials,
+        clock_offset: match credentials {
+            Some(_) => clock_offset(xaddr, net).await,
+            None => 0,
+        },
+    };
     let caps = call(
         xaddr,
         &format!("{DEVICE_NS}/GetCapabilities"),
         &format!(
             r#"<GetCapabilities xmlns="{DEVICE_NS}"><Category>Media</Category></GetCapabilities>"#
         ),
-        credentials,
+        signer,
         net,
     )
     .await?;
@@ -65,7 +72,7 @@ async fn resolve(
         &media,
         &format!("{MEDIA_NS}/GetProfiles"),
         &format!(r#"<GetProfiles xmlns="{MEDIA_NS}"/>"#),
-        credentials,
+        signer,
         net,
     )
     .await?;
@@ -79,7 +86,7 @@ async fn resolve(
             r#"<GetSnapshotUri xmlns="{MEDIA_NS}"><ProfileToken>{}</ProfileToken></GetSnapshotUri>"#,
             onvif::escape(&token)
         ),
-        credentials,
+        signer,
         net,
     )
     .await?;
@@ -88,38 +95,52 @@ async fn resolve(
     })
 }
 
-/// `YYYY-MM-DDThh:mm:ssZ` for `secs` since the Unix epoch.
-fn utc(secs: u64) -> String {
-    let days = (secs / 86_400) as i64;
-    let rem = secs % 86_400;
-    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
+/// Who signs the requests, and how far the camera's clock is ahead of ours (cameras at the edge often
+/// run without NTP and refuse a token whose Created is far from their own time).
+struct Signer<'a> {
+    credentials: Option<&'a Credentials>,
+    clock_offset: i64,
 }
 
-fn envelope(body: &str, credentials: Option<&Credentials>) -> String {
-    let header = credentials.map_or_else(String::new, |c| {
+/// Seconds the camera's clock is ahead of ours (GetSystemDateAndTime, asked without credentials);
+/// 0 when it does not say.
+async fn clock_offset(xaddr: &str, net: &Arc<NetPolicy>) -> i64 {
+    let anonymous = Signer {
+        credentials: None,
+        clock_offset: 0,
+    };
+    let answer = call(
+        xaddr,
+        onvif::GET_SYSTEM_DATE_AND_TIME_ACTION,
+        onvif::GET_SYSTEM_DATE_AND_TIME,
+        &anonymous,
+        net,
+    )
+    .await;
+    match answer.map(|a| onvif::camera_utc(&a)) {
+        Ok(Some(camera)) => camera - unix_now(),
+        Ok(None) => 0,
+        Err(e) => {
+            tracing::debug!(xaddr, error = %e, "GetSystemDateAndTime failed; signing with our clock");
+            0
+        }
+    }
+}
+
+fn unix_now() -> i64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+}
+
+fn envelope(body: &str, signer: &Signer<'_>) -> String {
+    let header = signer.credentials.map_or_else(String::new, |c| {
         let mut nonce = [0u8; 16];
         if let Ok(mut f) = std::fs::File::open("/dev/urandom") {
             use std::io::Read as _;
             let _ = f.read_exact(&mut nonce);
         }
-        let created = utc(SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs()));
+        let created = onvif::created(unix_now() + signer.clock_offset);
         onvif::security_header(&c.username, &c.password, &nonce, &created)
     });
     onvif::envelope("", &header, body)
@@ -130,7 +151,7 @@ async fn call(
     url: &str,
     action: &str,
     body: &str,
-    credentials: Option<&Credentials>,
+    signer: &Signer<'_>,
     net: &Arc<NetPolicy>,
 ) -> Result<String, DeviceError> {
     let uri: http::Uri = url
@@ -171,7 +192,7 @@ async fn call(
                 http::header::CONTENT_TYPE,
                 format!("application/soap+xml; charset=utf-8; action=\"{action}\""),
             )
-            .body(Full::new(bytes::Bytes::from(envelope(body, credentials))))
+            .body(Full::new(bytes::Bytes::from(envelope(body, signer))))
             .map_err(|e| DeviceError::Io(format!("building the ONVIF request: {e}")))?;
         let response = sender
             .send_request(request)
@@ -188,7 +209,7 @@ async fn call(
         if status == http::StatusCode::UNAUTHORIZED || text.contains("NotAuthorized") {
             return Err(DeviceError::AccessDenied(format!(
                 "{url} refused {}",
-                if credentials.is_some() {
+                if signer.credentials.is_some() {
                     "the granted credentials"
                 } else {
                     "an unauthenticated request (no credentials were granted)"
@@ -280,11 +301,5 @@ mod tests {
             attribute(profiles, "Profiles", "token").as_deref(),
             Some("main&1")
         );
-    }
-
-    #[test]
-    fn timestamps_follow_ws_security() {
-        assert_eq!(utc(0), "1970-01-01T00:00:00Z");
-        assert_eq!(utc(1_795_720_392), "2026-11-26T19:13:12Z");
     }
 }
