@@ -425,6 +425,7 @@ impl Task for Service {
             .filter_map(|path| hold_fifo_open(path))
             .collect();
         self.containers().insert(req.id.clone(), container);
+        crate::log_task_created(std::path::Path::new(&req.bundle));
         self.publish(
             topics::TASK_CREATE_EVENT_TOPIC,
             Box::new(TaskCreate {
@@ -632,6 +633,7 @@ impl Task for Service {
                 ));
             }
             let exit = c.exit().unwrap_or_else(|| Exit::now(0, None));
+            crate::log_task_deleted(&c.bundle);
             containers.remove(&req.id);
             exit
         };

@@ -358,6 +358,27 @@ async fn ctr_kill_task_states_and_one_shim_for_many_tasks() {
     env.wait_status("spin-2", "RUNNING");
     env.remove("spin-1");
 
+    // The shim logged through spin-1's log fifo, which containerd stops reading once spin-1 is
+    // deleted: what the shim logs next must still reach containerd's log.
+    env.run_detached(&spin, "spin-3", &[]);
+    env.wait_status("spin-3", "RUNNING");
+    poll(
+        "the shim's line about spin-3 in containerd's log",
+        Duration::from_secs(10),
+        || {
+            std::fs::read_to_string(env.containerd.log_path()).is_ok_and(|log| {
+                log.lines()
+                    .any(|l| l.contains("started") && l.contains("container=spin-3"))
+            })
+        },
+    );
+    env.containerd
+        .ctr(NS)
+        .run(&["tasks", "kill", "-s", "SIGKILL", "spin-3"])
+        .unwrap();
+    env.wait_status("spin-3", "STOPPED");
+    env.remove("spin-3");
+
     // containerd restarts: the shim and its task survive and answer again.
     let mut env = env;
     env.containerd.restart().await.unwrap();
