@@ -222,6 +222,28 @@ impl Bench {
     }
 }
 
+impl Drop for Bench {
+    /// Removes what a failed or interrupted figure left: tasks through containerd when it still
+    /// answers, then any container process that outlived its shim (runc's containers keep running when
+    /// their shim is killed). The testkit's guard then stops containerd and the shims.
+    fn drop(&mut self) {
+        let shims = self.containerd.shim_pids();
+        let containers: Vec<u32> = memory::descendants(&shims)
+            .into_iter()
+            .filter(|pid| !shims.contains(pid))
+            .collect();
+        if let Err(e) = self.clear() {
+            eprintln!("cleaning up the benchmark's containers: {e:#}");
+            for pid in containers {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid.cast_signed()),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+        }
+    }
+}
+
 /// Builds `src` with `gcc -static` into `work` and returns the binary's bytes.
 fn build_static(src: &Path, work: &Path) -> Result<Vec<u8>> {
     let bin = work.join("hello-native");

@@ -14,7 +14,7 @@ use edgewasm_testkit::Cluster;
 use edgewasm_testkit::process::{ChildGuard, free_port, log_tail};
 use futures::StreamExt as _;
 use kube::Api;
-use kube::runtime::watcher;
+use kube::runtime::{WatchStreamExt as _, watcher};
 use tokio::sync::watch;
 
 use crate::memory;
@@ -42,7 +42,7 @@ pub async fn run(inputs: &Inputs, results: &Path, only: Option<&str>) -> Result<
         .context("starting the test apiserver (`make deps` builds it)")?;
     cluster.apply_crds(&inputs.crds).await?;
     let client = cluster.client().await?;
-    let seen = watch_devices(Api::<Device>::all(client)).await?;
+    let (seen, _watch) = watch_devices(Api::<Device>::all(client)).await?;
     let wants = |id: &str| only.is_none_or(|o| id.contains(o));
     if wants("device-to-cr") {
         device_to_cr(&cluster, inputs, &seen).await?.save(results)?;
@@ -53,13 +53,24 @@ pub async fn run(inputs: &Inputs, results: &Path, only: Option<&str>) -> Result<
     Ok(())
 }
 
-/// Watches Devices from now on; resolves once the initial list is in.
-async fn watch_devices(api: Api<Device>) -> Result<watch::Receiver<Seen>> {
+/// Aborts the Device watch when dropped: once the cluster is gone the watch only fails, and a task
+/// left running would keep the runtime from shutting down.
+struct WatchTask(tokio::task::AbortHandle);
+
+impl Drop for WatchTask {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Watches Devices from now on; resolves once the initial list is in. The watch runs until the
+/// returned guard drops.
+async fn watch_devices(api: Api<Device>) -> Result<(watch::Receiver<Seen>, WatchTask)> {
     let (tx, rx) = watch::channel(Seen::new());
     let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
-    tokio::spawn(async move {
+    let task = tokio::spawn(async move {
         let mut ready = Some(ready_tx);
-        let mut stream = std::pin::pin!(watcher(api, watcher::Config::default()));
+        let mut stream = std::pin::pin!(watcher(api, watcher::Config::default()).default_backoff());
         while let Some(event) = stream.next().await {
             let now = Instant::now();
             match event {
@@ -85,11 +96,12 @@ async fn watch_devices(api: Api<Device>) -> Result<watch::Receiver<Seen>> {
             }
         }
     });
+    let guard = WatchTask(task.abort_handle());
     tokio::time::timeout(Duration::from_secs(30), ready_rx)
         .await
         .context("the Device watch did not list within 30s")?
         .context("the Device watch ended")?;
-    Ok(rx)
+    Ok((rx, guard))
 }
 
 /// A running agent on a temp config; stopped when dropped.

@@ -95,6 +95,19 @@ enum Cmd {
     },
 }
 
+/// Runs `work` until it ends or the process gets SIGINT/SIGTERM; on a signal `work` is dropped first,
+/// so its guards stop what it started (containerd and its shims, the apiserver, the agent, the veth).
+async fn until_interrupted(work: impl Future<Output = Result<()>>) -> Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut interrupt = signal(SignalKind::interrupt()).context("handling SIGINT")?;
+    let mut terminate = signal(SignalKind::terminate()).context("handling SIGTERM")?;
+    tokio::select! {
+        r = work => r,
+        _ = interrupt.recv() => anyhow::bail!("interrupted (SIGINT); stopped what this step started"),
+        _ = terminate.recv() => anyhow::bail!("terminated (SIGTERM); stopped what this step started"),
+    }
+}
+
 fn main() -> Result<()> {
     let cli = Cli::parse();
     let rt = tokio::runtime::Runtime::new().context("starting tokio")?;
@@ -116,18 +129,22 @@ fn main() -> Result<()> {
                 server_wasm,
                 bench_exe: std::env::current_exe().context("locating this binary")?,
             };
-            rt.block_on(containers::run(&inputs, &results, only.as_deref()))
+            rt.block_on(until_interrupted(containers::run(
+                &inputs,
+                &results,
+                only.as_deref(),
+            )))
         }
         Cmd::Discovery {
             agent,
             crds,
             results,
             only,
-        } => rt.block_on(discovery::run(
+        } => rt.block_on(until_interrupted(discovery::run(
             &discovery::Inputs { agent, crds },
             &results,
             only.as_deref(),
-        )),
+        ))),
         Cmd::Standalone {
             edgewasm,
             hello_wasm,
