@@ -3,18 +3,20 @@
 //! what the plan says, the loser's status says why it waits, and a device gone past the grace
 //! period loses its Pod and its allocation (and gets them back when it returns).
 
+mod common;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
+use common::{Operator, device};
 use edgewasm_api::{
-    Device, DeviceSelector, DeviceSpec, LABEL_DEVICE, LABEL_WORKLOAD, PlanOptions, WasmWorkload,
+    Device, DeviceSelector, LABEL_DEVICE, LABEL_WORKLOAD, PlanOptions, WasmWorkload,
     WasmWorkloadSpec, plan,
 };
+use edgewasm_operator::Config;
 use edgewasm_operator::pod::{pinned_node, pod_name};
-use edgewasm_operator::{Config, Metrics};
 use edgewasm_testkit::{Cluster, eventually};
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::jiff::Timestamp;
@@ -26,41 +28,6 @@ const NS: &str = "operator-scenario";
 const HANDLER: &str = "scenario";
 const GRACE: Duration = Duration::from_secs(2);
 const TIMEOUT: Duration = Duration::from_mins(1);
-
-/// Stops the operator task when the test ends, however it ends.
-struct Operator(tokio::task::JoinHandle<()>);
-
-impl Drop for Operator {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
-
-fn start_operator(client: Client) -> Operator {
-    let config = Config {
-        device_grace_period: GRACE,
-        ..Config::default()
-    };
-    let metrics = Arc::new(Metrics::default());
-    Operator(tokio::spawn(async move {
-        if let Err(e) = edgewasm_operator::run(client, config, metrics).await {
-            panic!("operator stopped: {e:#}");
-        }
-    }))
-}
-
-fn device(name: &str) -> Device {
-    Device::new(
-        name,
-        DeviceSpec {
-            handler: HANDLER.into(),
-            nodes: vec!["edge-a".into()],
-            properties: [("devnode".to_owned(), format!("/dev/{name}"))].into(),
-            capacity: 1,
-            approved: true,
-        },
-    )
-}
 
 fn workload(name: &str, priority: i32) -> WasmWorkload {
     let mut w = WasmWorkload::new(
@@ -204,12 +171,18 @@ async fn competing_workloads_get_what_the_plan_says_and_absent_devices_are_relea
     let names = ["scenario-cam-1", "scenario-cam-2", "scenario-cam-3"];
     for name in names {
         devices
-            .create(&PostParams::default(), &device(name))
+            .create(&PostParams::default(), &device(name, HANDLER))
             .await?;
     }
     // No wait for readiness: GitOps applies workloads while the operator rolls out
     // (tests/startup.rs covers that race on its own).
-    let _operator = start_operator(client.clone());
+    let _operator = Operator::start(
+        client.clone(),
+        Config {
+            device_grace_period: GRACE,
+            ..Config::default()
+        },
+    );
     workloads
         .create(&PostParams::default(), &workload("winner", 10))
         .await?;

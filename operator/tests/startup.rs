@@ -2,15 +2,15 @@
 //! reconciled: created right after the operator starts, with no wait for its readiness, and created
 //! just before it starts, while its initial lists are in flight.
 
+mod common;
+
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Result;
-use edgewasm_api::{
-    Device, DeviceSelector, DeviceSpec, LABEL_WORKLOAD, WasmWorkload, WasmWorkloadSpec,
-};
-use edgewasm_operator::{Config, Metrics};
+use common::{Operator, device};
+use edgewasm_api::{Device, DeviceSelector, LABEL_WORKLOAD, WasmWorkload, WasmWorkloadSpec};
+use edgewasm_operator::Config;
 use edgewasm_testkit::{Cluster, eventually};
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, DeleteParams, ListParams, PostParams};
@@ -19,51 +19,6 @@ use kube::{Client, ResourceExt};
 const TIMEOUT: Duration = Duration::from_secs(20);
 /// Workloads per variant; each gets a device of its own.
 const WORKLOADS: usize = 4;
-
-/// Stops the operator task when the test ends, however it ends.
-struct Operator(tokio::task::JoinHandle<()>, Arc<Metrics>);
-
-impl Drop for Operator {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
-
-fn start_operator(client: Client) -> Operator {
-    let metrics = Arc::new(Metrics::default());
-    let running = metrics.clone();
-    Operator(
-        tokio::spawn(async move {
-            if let Err(e) = edgewasm_operator::run(client, Config::default(), running).await {
-                panic!("operator stopped: {e:#}");
-            }
-        }),
-        metrics,
-    )
-}
-
-impl Operator {
-    /// Its caches synced, so /readyz answers ready.
-    async fn wait_ready(&self) -> Result<()> {
-        eventually("the operator reports ready", TIMEOUT, || async {
-            Ok(self.1.is_ready())
-        })
-        .await
-    }
-}
-
-fn device(name: &str, handler: &str) -> Device {
-    Device::new(
-        name,
-        DeviceSpec {
-            handler: handler.into(),
-            nodes: vec!["edge-a".into()],
-            properties: [("devnode".to_owned(), format!("/dev/{name}"))].into(),
-            capacity: 1,
-            approved: true,
-        },
-    )
-}
 
 fn device_name(ns: &str, i: usize) -> String {
     format!("{ns}-dev-{i}")
@@ -217,11 +172,11 @@ async fn workloads_applied_while_the_operator_starts_are_all_reconciled() -> Res
 
     // Created right after the operator starts, with no wait for its readiness.
     let after = Variant::new("startup-after").await?;
-    let operator = start_operator(after.client.clone());
+    let operator = Operator::start(after.client.clone(), Config::default());
     create_workloads(&after.workloads, after.ns).await?;
     after.wait_all_reconciled().await?;
     after.clean_up().await?;
-    operator.wait_ready().await?;
+    operator.wait_ready(TIMEOUT).await?;
     drop(operator);
 
     // Created just before the operator starts: some land before its initial list, some while
@@ -233,11 +188,11 @@ async fn workloads_applied_while_the_operator_starts_are_all_reconciled() -> Res
         tokio::spawn(async move { create_workloads(&workloads, ns).await })
     };
     tokio::task::yield_now().await;
-    let operator = start_operator(before.client.clone());
+    let operator = Operator::start(before.client.clone(), Config::default());
     creating.await??;
     before.wait_all_reconciled().await?;
     before.clean_up().await?;
-    operator.wait_ready().await?;
+    operator.wait_ready(TIMEOUT).await?;
     drop(operator);
     Ok(())
 }
