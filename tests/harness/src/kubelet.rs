@@ -20,6 +20,8 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tonic::transport::{Channel, Endpoint, Uri};
 
+mod volumes;
+
 const FIELD_MANAGER: &str = "edgewasm-test-kubelet";
 
 /// How the kubelet runs.
@@ -28,7 +30,8 @@ pub struct KubeletConfig {
     pub node_name: String,
     /// containerd's socket (CRI is served on it).
     pub cri_socket: PathBuf,
-    /// Container logs go under `<root>/pods/<ns>_<pod>_<uid>/<container>/<attempt>.log`.
+    /// Container logs go under `<root>/pods/<ns>_<pod>_<uid>/<container>/<attempt>.log`, Secret
+    /// volumes under `<root>/volumes/<uid>/kubernetes.io~secret/<volume>/`.
     pub root_dir: PathBuf,
     /// Pod sandboxes share the host's network namespace (no CNI needed).
     pub host_network: bool,
@@ -57,6 +60,11 @@ impl KubeletConfig {
     /// Where `GET pods/log` finds logs (see `CoreServer::set_pod_log_root`).
     pub fn log_root(&self) -> PathBuf {
         self.root_dir.join("pods")
+    }
+
+    /// Where the volumes of the Pod `uid` are materialized.
+    fn volume_root(&self, uid: &str) -> PathBuf {
+        self.root_dir.join("volumes").join(uid)
     }
 }
 
@@ -215,6 +223,8 @@ struct PodRun {
     seen_at: String,
     /// The sandbox's attempt number (it goes up each time a lost sandbox is replaced).
     sandbox_attempt: u32,
+    /// The host folder of each materialized volume, by volume name.
+    volumes: BTreeMap<String, PathBuf>,
 }
 
 struct Syncer {
@@ -285,6 +295,17 @@ impl Syncer {
             {
                 self.remove_sandbox(&id).await;
             }
+            self.remove_volumes(&uid);
+        }
+    }
+
+    /// Removes the Pod's materialized volumes (Secrets do not outlive their Pod on the node).
+    fn remove_volumes(&self, uid: &str) {
+        let dir = self.config.volume_root(uid);
+        if let Err(e) = std::fs::remove_dir_all(&dir)
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            tracing::warn!(dir = %dir.display(), error = %e, "removing the pod's volumes failed");
         }
     }
 
@@ -315,6 +336,7 @@ impl Syncer {
             if let Some(id) = &run.sandbox {
                 self.remove_sandbox(id).await;
             }
+            self.remove_volumes(uid);
             let (ns, name, uid) = meta(&run.pod);
             let api: Api<Pod> = Api::namespaced(self.client.clone(), &ns);
             let params = DeleteParams {
@@ -358,6 +380,16 @@ impl Syncer {
             );
             return Ok(());
         };
+        // As kubelet: volumes are set up before the sandbox; until they are, the Pod stays in
+        // ContainerCreating with the mount failure as its containers' message.
+        match volumes::materialize(&self.client, &run.pod, &self.config.volume_root(uid)).await {
+            Ok(dirs) => run.volumes = dirs,
+            Err(message) => {
+                tracing::warn!(pod = format!("{ns}/{name}"), message, "FailedMount");
+                run.set_waiting(&spec, "ContainerCreating", &message);
+                return Ok(());
+            }
+        }
         let log_dir = self
             .config
             .log_root()
@@ -677,6 +709,26 @@ impl Syncer {
                     continue;
                 }
             }
+            // A Secret changed since the last attempt shows in the next container, as kubelet's
+            // periodic volume resync would have it; a Secret gone meanwhile leaves the last content.
+            match volumes::materialize(&self.client, &run.pod, &self.config.volume_root(uid)).await
+            {
+                Ok(dirs) => run.volumes = dirs,
+                Err(message) => tracing::warn!(message, "refreshing the pod's volumes failed"),
+            }
+            let mounts = c
+                .volume_mounts
+                .iter()
+                .flatten()
+                .filter_map(|m| {
+                    Some(cri::Mount {
+                        container_path: m.mount_path.clone(),
+                        host_path: run.volumes.get(&m.name)?.display().to_string(),
+                        readonly: m.read_only == Some(true),
+                        ..Default::default()
+                    })
+                })
+                .collect();
             let config = cri::ContainerConfig {
                 metadata: Some(cri::ContainerMetadata {
                     name: c.name.clone(),
@@ -705,6 +757,7 @@ impl Syncer {
                 )]),
                 annotations: pod_annotations.clone(),
                 log_path: format!("{}/{}.log", c.name, state.attempt),
+                mounts,
                 ..Default::default()
             };
             std::fs::create_dir_all(PathBuf::from(&sandbox_config.log_directory).join(&c.name))?;
@@ -924,6 +977,7 @@ impl PodRun {
             retry_at: None,
             seen_at: crate::core::now(),
             sandbox_attempt: 0,
+            volumes: BTreeMap::new(),
         }
     }
 }
