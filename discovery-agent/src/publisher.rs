@@ -28,8 +28,10 @@ pub struct PublisherConfig {
     pub approvals: BTreeMap<String, Approval>,
     /// How often `lastSeen` is refreshed for devices that did not change.
     pub refresh: Duration,
-    /// How long events are gathered before writing, so bursts become one write per device.
+    /// Longest a burst of events is gathered before writing, so a burst becomes one write per device.
     pub batch_delay: Duration,
+    /// A burst ends when no event follows for this long; a lone event is written after it.
+    pub batch_quiet: Duration,
     /// Longest wait between retries while the API fails.
     pub max_backoff: Duration,
 }
@@ -41,6 +43,7 @@ impl PublisherConfig {
             approvals: BTreeMap::new(),
             refresh: Duration::from_mins(4),
             batch_delay: Duration::from_millis(200),
+            batch_quiet: Duration::from_millis(5),
             max_backoff: Duration::from_secs(30),
         }
     }
@@ -350,10 +353,19 @@ impl Publisher {
                 ev = events.recv(), if open => match ev {
                     Some(ev) => {
                         self.record(ev);
-                        // Gather the rest of a burst before writing.
+                        // Gather the rest of a burst (events closer than `batch_quiet`, for at
+                        // most `batch_delay`) before writing; a lone device is written at once.
                         let deadline = Instant::now() + self.cfg.batch_delay;
-                        while let Ok(Some(ev)) = tokio::time::timeout_at(deadline, events.recv()).await {
-                            self.record(ev);
+                        loop {
+                            let quiet = (Instant::now() + self.cfg.batch_quiet).min(deadline);
+                            match tokio::time::timeout_at(quiet, events.recv()).await {
+                                Ok(Some(ev)) => self.record(ev),
+                                Ok(None) => {
+                                    open = false;
+                                    break;
+                                }
+                                Err(_) => break,
+                            }
                         }
                     }
                     None => open = false,
