@@ -1,6 +1,8 @@
 use clap::Parser as _;
 
-#[tokio::main]
+// One thread is plenty for a few sockets and watches, and every worker thread costs resident memory
+// (its stack and malloc arena) on each node of the DaemonSet.
+#[tokio::main(flavor = "current_thread")]
 async fn main() -> std::process::ExitCode {
     edgewasm_discovery_agent::agent::init_tracing();
     let args = edgewasm_discovery_agent::agent::Args::parse();
