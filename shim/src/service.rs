@@ -263,7 +263,12 @@ impl Service {
                 .credentials_dir()
                 .map(Credentials::from_secret_dir)
                 .transpose()
-                .map_err(|e| invalid(&format!("the device credentials Secret: {e}")))?;
+                .map_err(|e| {
+                    invalid(&format!(
+                        "the device credentials Secret (the workload's spec.deviceCredentials.secretName) \
+                         needs the keys username and password: {e}"
+                    ))
+                })?;
             let keyvalue_dir = spec
                 .workload()
                 .map_err(|e| invalid(&e))?
