@@ -38,6 +38,8 @@ struct Inner {
     pid: u32,
     /// Creates in progress (their containers are not in `containers` yet).
     creating: std::sync::atomic::AtomicUsize,
+    /// Creates ever started: an idle timer exits only if none started while it waited.
+    creates: std::sync::atomic::AtomicU64,
 }
 
 /// How long an idle shim waits before it exits: containerd may already have handed this shim's
@@ -97,6 +99,7 @@ impl Service {
                 exit,
                 pid: std::process::id(),
                 creating: std::sync::atomic::AtomicUsize::new(0),
+                creates: std::sync::atomic::AtomicU64::new(0),
             }),
         }
     }
@@ -123,6 +126,10 @@ impl Service {
     }
 
     /// No container and none being created.
+    fn creates(&self) -> u64 {
+        self.inner.creates.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
     fn idle(&self) -> bool {
         self.containers().is_empty()
             && self
@@ -412,6 +419,9 @@ impl Task for Service {
         req: api::CreateTaskRequest,
     ) -> TtrpcResult<api::CreateTaskResponse> {
         let _creating = Creating::new(&self.inner.creating);
+        self.inner
+            .creates
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         if self.containers().contains_key(&req.id) {
             return Err(status(
                 Code::ALREADY_EXISTS,
@@ -748,11 +758,15 @@ impl Task for Service {
     ) -> TtrpcResult<api::Empty> {
         // containerd asks every time one of its tasks is deleted; the shim is shared, so it exits only
         // when no container is left, and only if none arrived while it waited.
+        // Idle at the end is not enough: between one task's delete and the next one's create (tasks
+        // run back to back) the shim is idle for a moment, and a timer firing then would exit under a
+        // task containerd is about to create. It must have stayed idle the whole time.
         if self.idle() {
             let service = self.clone();
+            let creates = self.creates();
             tokio::spawn(async move {
                 tokio::time::sleep(IDLE_EXIT_AFTER).await;
-                if service.idle() {
+                if service.idle() && service.creates() == creates {
                     tracing::info!("no containers left; shutting down");
                     service.inner.exit.signal();
                 }

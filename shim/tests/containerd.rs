@@ -178,6 +178,17 @@ async fn ctr_runs_modules_and_components() {
     let out = env.run(&hello, "hello", &[], &[]);
     assert_eq!(out.status.code(), Some(3), "stderr: {}", text(&out.stderr));
     assert_eq!(text(&out.stdout), "hello from a module\n");
+    // Short tasks back to back: between one's delete and the next one's create the shim is idle for
+    // a moment; it must not exit under the next task ("ttrpc: closed").
+    for i in 0..30 {
+        let out = env.run(&hello, &format!("hello-{i}"), &[], &[]);
+        assert_eq!(
+            out.status.code(),
+            Some(3),
+            "task {i} of a sequence: {}",
+            text(&out.stderr)
+        );
+    }
 
     // A command component reading the device it was granted.
     let device = env.work.path().join("video0");
