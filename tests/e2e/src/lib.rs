@@ -253,6 +253,15 @@ impl Stack {
             .await?)
     }
 
+    /// `edgewasm_operator_reconciles_total` from the operator's metrics.
+    pub async fn operator_reconciles(&self) -> Result<u64> {
+        let text = self.operator_metrics().await?;
+        text.lines()
+            .find_map(|l| l.strip_prefix("edgewasm_operator_reconciles_total "))
+            .and_then(|v| v.trim().parse().ok())
+            .context("no reconciles_total in the operator's metrics")
+    }
+
     /// PIDs of the agent and the operator; an error when either has exited (crashed).
     pub fn component_pids(&mut self) -> Result<(u32, u32)> {
         let pid = |guard: &mut Option<ChildGuard>, name: &str| -> Result<u32> {
@@ -504,4 +513,13 @@ async fn schedule(client: kube::Client) {
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+/// How often the Pod's first container was restarted.
+pub fn restarts(pod: &k8s_openapi::api::core::v1::Pod) -> i32 {
+    pod.status
+        .as_ref()
+        .and_then(|st| st.container_statuses.as_ref())
+        .and_then(|cs| cs.first())
+        .map_or(0, |c| c.restart_count)
 }

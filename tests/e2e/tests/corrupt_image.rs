@@ -7,28 +7,10 @@ use std::time::Duration;
 use anyhow::{Context as _, Result};
 use edgewasm_e2e::{Stack, WAIT, event_count, sensor_workload};
 use edgewasm_testkit::cluster::eventually;
-use k8s_openapi::api::core::v1::Pod;
 
 const IMAGE: &str = "registry.edgewasm.test/corrupt:e2e";
 /// What the shim says about a file that is not Wasm (wasmtime's words, through CRI's StartContainer).
 const SHIM_SAYS: &str = "WebAssembly";
-
-fn restarts(pod: &Pod) -> i32 {
-    pod.status
-        .as_ref()
-        .and_then(|s| s.container_statuses.as_ref())
-        .and_then(|cs| cs.first())
-        .map_or(0, |c| c.restart_count)
-}
-
-/// `edgewasm_operator_reconciles_total` from the operator's metrics.
-async fn reconciles(stack: &Stack) -> Result<u64> {
-    let text = stack.operator_metrics().await?;
-    text.lines()
-        .find_map(|l| l.strip_prefix("edgewasm_operator_reconciles_total "))
-        .and_then(|v| v.trim().parse().ok())
-        .context("no reconciles_total in the operator's metrics")
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_corrupt_image_fails_with_the_shims_message_in_the_workload_status() -> Result<()> {
@@ -76,10 +58,10 @@ async fn a_corrupt_image_fails_with_the_shims_message_in_the_workload_status() -
         .await?
         .pop()
         .context("no Pod for the broken workload")?;
-    let reconciles_before = reconciles(&stack).await?;
+    let reconciles_before = stack.operator_reconciles().await?;
     eventually("the kubelet has retried twice more", WAIT, || async {
         let pods = stack.pods_of("broken").await?;
-        Ok(pods.len() == 1 && restarts(&pods[0]) >= restarts(&pod) + 2)
+        Ok(pods.len() == 1 && edgewasm_e2e::restarts(&pods[0]) >= edgewasm_e2e::restarts(&pod) + 2)
     })
     .await?;
     let pods = stack.pods_of("broken").await?;
@@ -97,7 +79,7 @@ async fn a_corrupt_image_fails_with_the_shims_message_in_the_workload_status() -
         .sum();
     assert_eq!(created, 1, "one Pod was created, not one per failure");
     // A handful per restart (each Pod status change and the status write it causes), not a loop.
-    let spent = reconciles(&stack).await? - reconciles_before;
+    let spent = stack.operator_reconciles().await? - reconciles_before;
     assert!(
         spent < 40,
         "{spent} reconciles over two kubelet restarts: the operator is looping"

@@ -7,29 +7,13 @@
 use anyhow::{Context as _, Result};
 use edgewasm_e2e::{NS, Stack, WAIT, condition, sensor_workload};
 use edgewasm_testkit::cluster::eventually;
-use k8s_openapi::api::core::v1::{Pod, Secret};
+use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use std::time::Duration;
 
 const SECRET: &str = "sensor-login";
 /// The shim's words for a Secret without its password (shim/src/service.rs, runtime's I/O error).
 const SHIM_SAYS: &str = "device credentials Secret";
-
-fn restarts(pod: &Pod) -> i32 {
-    pod.status
-        .as_ref()
-        .and_then(|s| s.container_statuses.as_ref())
-        .and_then(|cs| cs.first())
-        .map_or(0, |c| c.restart_count)
-}
-
-async fn reconciles(stack: &Stack) -> Result<u64> {
-    let text = stack.operator_metrics().await?;
-    text.lines()
-        .find_map(|l| l.strip_prefix("edgewasm_operator_reconciles_total "))
-        .and_then(|v| v.trim().parse().ok())
-        .context("no reconciles_total in the operator's metrics")
-}
 
 /// Writes the Secret with the given `stringData` (server-side apply, so keys can be added later).
 async fn apply_secret(stack: &Stack, string_data: serde_json::Value) -> Result<()> {
@@ -108,13 +92,13 @@ async fn device_credentials_reach_the_shim_and_their_faults_reach_the_workload()
         .await?
         .pop()
         .context("no Pod for the camera workload")?;
-    let reconciles_before = reconciles(&stack).await?;
+    let reconciles_before = stack.operator_reconciles().await?;
     eventually("the kubelet has retried once more", WAIT, || async {
         let pods = stack.pods_of("camera").await?;
-        Ok(pods.len() == 1 && restarts(&pods[0]) > restarts(&pod))
+        Ok(pods.len() == 1 && edgewasm_e2e::restarts(&pods[0]) > edgewasm_e2e::restarts(&pod))
     })
     .await?;
-    let spent = reconciles(&stack).await? - reconciles_before;
+    let spent = stack.operator_reconciles().await? - reconciles_before;
     assert!(
         spent < 20,
         "{spent} reconciles over one kubelet restart: the operator is looping"
