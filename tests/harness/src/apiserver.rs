@@ -82,41 +82,60 @@ impl CrdApiServer {
             .danger_accept_invalid_certs(true)
             .timeout(Duration::from_secs(3))
             .build()?;
-        let etcd_port = free_port()?;
-        let peer_port = free_port()?;
-        let etcd_log = dir.path().join("etcd.log");
-        let mut etcd = ChildGuard::spawn(
-            "etcd",
-            &binaries.etcd,
-            &[
-                "--name=testkit".into(),
-                format!("--data-dir={}", dir.path().join("etcd").display()),
-                "--log-level=warn".into(),
-                format!("--listen-client-urls=http://127.0.0.1:{etcd_port}"),
-                format!("--advertise-client-urls=http://127.0.0.1:{etcd_port}"),
-                format!("--listen-peer-urls=http://127.0.0.1:{peer_port}"),
-                format!("--initial-advertise-peer-urls=http://127.0.0.1:{peer_port}"),
-                format!("--initial-cluster=testkit=http://127.0.0.1:{peer_port}"),
-                "--unsafe-no-fsync".into(),
-            ],
-            &etcd_log,
-        )?;
-        let url = format!("http://127.0.0.1:{etcd_port}/health");
-        let ready = wait_until("etcd", READY_TIMEOUT, || {
-            let exited = etcd.exited();
-            let (http, url) = (http.clone(), url.clone());
-            async move {
-                if let Some(status) = exited {
-                    bail!("etcd exited ({status})");
+        // A port found free can be taken by someone else before etcd binds it: try fresh ports then.
+        let mut attempt = 0;
+        let (etcd, etcd_port) = loop {
+            attempt += 1;
+            let etcd_port = free_port()?;
+            let peer_port = free_port()?;
+            let etcd_log = dir.path().join(format!("etcd-{attempt}.log"));
+            let mut etcd = ChildGuard::spawn(
+                "etcd",
+                &binaries.etcd,
+                &[
+                    "--name=testkit".into(),
+                    format!(
+                        "--data-dir={}",
+                        dir.path().join(format!("etcd-{attempt}")).display()
+                    ),
+                    "--log-level=warn".into(),
+                    format!("--listen-client-urls=http://127.0.0.1:{etcd_port}"),
+                    format!("--advertise-client-urls=http://127.0.0.1:{etcd_port}"),
+                    format!("--listen-peer-urls=http://127.0.0.1:{peer_port}"),
+                    format!("--initial-advertise-peer-urls=http://127.0.0.1:{peer_port}"),
+                    format!("--initial-cluster=testkit=http://127.0.0.1:{peer_port}"),
+                    "--unsafe-no-fsync".into(),
+                ],
+                &etcd_log,
+            )?;
+            let url = format!("http://127.0.0.1:{etcd_port}/health");
+            // Stops waiting as soon as etcd exits: that is a failure, said below.
+            let waited = wait_until("etcd", READY_TIMEOUT, || {
+                let exited = etcd.exited().is_some();
+                let (http, url) = (http.clone(), url.clone());
+                async move {
+                    if exited {
+                        return Ok(true);
+                    }
+                    let body = http.get(&url).send().await?.text().await?;
+                    Ok(body.contains("\"health\":\"true\""))
                 }
-                let body = http.get(&url).send().await?.text().await?;
-                Ok(body.contains("\"health\":\"true\""))
+            })
+            .await;
+            let ready = match (waited, etcd.exited()) {
+                (Ok(()), Some(status)) => Err(anyhow::anyhow!("etcd exited ({status})")),
+                (other, _) => other,
+            };
+            match ready {
+                Ok(()) => break (etcd, etcd_port),
+                Err(_)
+                    if attempt < 3
+                        && log_tail(&etcd_log, 20).contains("address already in use") => {}
+                Err(e) => {
+                    return Err(e.context(format!("etcd log:\n{}", log_tail(&etcd_log, 20))));
+                }
             }
-        })
-        .await;
-        if let Err(e) = ready {
-            return Err(e.context(format!("etcd log:\n{}", log_tail(&etcd_log, 20))));
-        }
+        };
         let mut server = Self {
             dir,
             binaries,
