@@ -9,7 +9,7 @@
 mod common;
 
 use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -228,13 +228,7 @@ async fn handlers_publish_devices_to_the_apiserver() -> Result<()> {
         .with_env_filter("edgewasm_discovery_agent=debug")
         .with_test_writer()
         .try_init();
-    let cluster = match Cluster::shared().await {
-        Ok(c) => c,
-        Err(e) => panic!("the test cluster did not start (run `make deps`): {e:#}"),
-    };
-    cluster
-        .apply_crds(&PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../crds"))
-        .await?;
+    let cluster = Cluster::shared_with_crds().await?;
     let api: Api<Device> = Api::all(cluster.client().await?);
     let run = std::process::id();
     let node = format!("hc-node-{run}");

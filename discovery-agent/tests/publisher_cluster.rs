@@ -5,7 +5,6 @@
 //!
 //! One test function: the phases share one cluster, and the outage would disturb a parallel test.
 
-use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Result;
@@ -111,13 +110,7 @@ async fn devices_in_the_real_apiserver() -> Result<()> {
         .with_env_filter("edgewasm_discovery_agent=debug")
         .with_test_writer()
         .try_init();
-    let cluster = match Cluster::shared().await {
-        Ok(c) => c,
-        Err(e) => panic!("the test cluster did not start (run `make deps`): {e:#}"),
-    };
-    cluster
-        .apply_crds(&PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../crds"))
-        .await?;
+    let cluster = Cluster::shared_with_crds().await?;
     let api: Api<Device> = Api::all(cluster.client().await?);
     let run = std::process::id();
 

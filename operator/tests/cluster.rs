@@ -6,7 +6,6 @@
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
@@ -155,13 +154,7 @@ async fn competing_workloads_get_what_the_plan_says_and_absent_devices_are_relea
         .with_env_filter("edgewasm_operator=debug,kube_runtime=debug,kube_client=info")
         .with_test_writer()
         .try_init();
-    let cluster = match Cluster::shared().await {
-        Ok(c) => c,
-        Err(e) => panic!("the test cluster did not start (run `make deps`): {e:#}"),
-    };
-    cluster
-        .apply_crds(&PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../crds"))
-        .await?;
+    let cluster = Cluster::shared_with_crds().await?;
     let client = cluster.client().await?;
     let devices: Api<Device> = Api::all(client.clone());
     let workloads: Api<WasmWorkload> = Api::namespaced(client.clone(), NS);

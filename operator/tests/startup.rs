@@ -4,7 +4,6 @@
 
 mod common;
 
-use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Result;
@@ -66,13 +65,7 @@ struct Variant {
 
 impl Variant {
     async fn new(ns: &'static str) -> Result<Self> {
-        let cluster = match Cluster::shared().await {
-            Ok(c) => c,
-            Err(e) => panic!("the test cluster did not start (run `make deps`): {e:#}"),
-        };
-        cluster
-            .apply_crds(&PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../crds"))
-            .await?;
+        let cluster = Cluster::shared_with_crds().await?;
         let client = cluster.client().await?;
         let v = Self {
             workloads: Api::namespaced(client.clone(), ns),

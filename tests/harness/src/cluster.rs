@@ -158,6 +158,19 @@ impl Cluster {
 
     /// Applies every CustomResourceDefinition in the `*.yaml`/`*.yml`/`*.json` files of `dir`
     /// (server-side apply) and waits until each is Established. Returns their names.
+    /// The shared cluster with the project's CRDs (`crds/`) applied: what every test against the
+    /// CRD apiserver starts from. Panics, naming `make deps`, when the cluster cannot start.
+    pub async fn shared_with_crds() -> Result<&'static Self> {
+        let cluster = match Self::shared().await {
+            Ok(c) => c,
+            Err(e) => panic!("the test cluster did not start (run `make deps`): {e:#}"),
+        };
+        cluster
+            .apply_crds(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../../crds"))
+            .await?;
+        Ok(cluster)
+    }
+
     pub async fn apply_crds(&self, dir: &Path) -> Result<Vec<String>> {
         let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
             .with_context(|| format!("reading {}", dir.display()))?
